@@ -1,0 +1,1 @@
+"""Receives DICOM over the network and stores it durably; decides when a study is complete."""

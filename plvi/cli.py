@@ -1,0 +1,55 @@
+"""The `plvi` command line. Each command reads the settings once and hands them to the service it starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from plvi.logs import configure_logging
+from plvi.settings import load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.command()
+def serve() -> None:
+    """Listener, worker and scheduler in one process tree, with embedded defaults (no Redis, no PostgreSQL)."""
+    from plvi.service import run_service
+
+    configure_logging()
+    run_service(load_settings())
+
+
+@app.command()
+def worker(concurrency: Annotated[int, typer.Option(help="worker processes")] = 2) -> None:
+    """A Celery worker for production (PLVI_BROKER_URL); run any number of them on any number of hosts."""
+    from workers.celery_app import run_worker
+
+    configure_logging()
+    run_worker(load_settings(), concurrency=concurrency)
+
+
+@app.command()
+def analyze(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders of one study")],
+    json_output: Annotated[bool, typer.Option("--json", help="print only the result object as JSON")] = False,
+    out: Annotated[Path | None, typer.Option(help="also write result.json, overlay.png, masks.npz here")] = None,
+) -> None:
+    """Measure PLVI on one study from files, with no server."""
+    from workers.analyze_cli import analyze_command
+
+    configure_logging("WARNING" if json_output else "INFO")
+    raise typer.Exit(analyze_command(paths, load_settings(), json_output=json_output, out=out))
+
+
+@app.command("db-upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema (every service also does this at start)."""
+    from plvi.db import upgrade_database
+
+    configure_logging()
+    settings = load_settings()
+    upgrade_database(settings.effective_database_url)
+    typer.echo(f"database at the newest schema: {settings.effective_database_url.split('@')[-1]}")

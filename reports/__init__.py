@@ -1,0 +1,1 @@
+"""Tells the result: DICOM SR, SEG and key image, the sender to PACS, worklist flags, cohort export."""
