@@ -1,0 +1,1 @@
+"""Launchers for the real peers the tests talk to (dcmtk, Orthanc, Redis), each on a free loopback port."""
