@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 18:39:42.494546
+Create Date: 2026-12-01 18:42:45.246777
 """
 from alembic import op
 import sqlalchemy as sa
@@ -38,6 +38,32 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_analysis_study_instance_uid'), ['study_instance_uid'], unique=False)
         batch_op.create_index(batch_op.f('ix_analysis_superseded'), ['superseded'], unique=False)
 
+    op.create_table('auditevent',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('username', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('action', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('study_instance_uid', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('detail', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('auditevent', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_auditevent_action'), ['action'], unique=False)
+        batch_op.create_index(batch_op.f('ix_auditevent_at'), ['at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_auditevent_study_instance_uid'), ['study_instance_uid'], unique=False)
+
+    op.create_table('exportrun',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('started_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('finished_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('out_dir', sqlmodel.sql.sqltypes.AutoString(length=512), nullable=False),
+    sa.Column('since', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('until', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('rows', sa.Integer(), nullable=False),
+    sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('error', sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
     op.create_table('instance',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('sop_instance_uid', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -108,11 +134,107 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_study_state'), ['state'], unique=False)
         batch_op.create_index(batch_op.f('ix_study_study_instance_uid'), ['study_instance_uid'], unique=True)
 
+    op.create_table('users',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('username', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.Column('full_name', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('is_active', sa.Boolean(), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_users_username'), ['username'], unique=True)
+
+    op.create_table('authtoken',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('token_sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('expires_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('last_used_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('authtoken', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_authtoken_token_sha256'), ['token_sha256'], unique=True)
+        batch_op.create_index(batch_op.f('ix_authtoken_user_id'), ['user_id'], unique=False)
+
+    op.create_table('review',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('study_instance_uid', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('analysis_id', sa.Integer(), nullable=False),
+    sa.Column('decision', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
+    sa.Column('reviewer', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['analysis_id'], ['analysis.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('review', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_review_analysis_id'), ['analysis_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_review_study_instance_uid'), ['study_instance_uid'], unique=False)
+
+    op.create_table('hl7message',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('accession_number', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('study_instance_uid', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('analysis_id', sa.Integer(), nullable=False),
+    sa.Column('review_id', sa.Integer(), nullable=True),
+    sa.Column('control_id', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+    sa.Column('result_status', sqlmodel.sql.sqltypes.AutoString(length=1), nullable=False),
+    sa.Column('message', sa.Text(), nullable=False),
+    sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('sent_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('ack_code', sqlmodel.sql.sqltypes.AutoString(length=2), nullable=False),
+    sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
+    sa.ForeignKeyConstraint(['analysis_id'], ['analysis.id'], ),
+    sa.ForeignKeyConstraint(['review_id'], ['review.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('control_id')
+    )
+    with op.batch_alter_table('hl7message', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_hl7message_accession_number'), ['accession_number'], unique=False)
+        batch_op.create_index(batch_op.f('ix_hl7message_analysis_id'), ['analysis_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_hl7message_key'), ['key'], unique=True)
+        batch_op.create_index(batch_op.f('ix_hl7message_next_attempt_at'), ['next_attempt_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_hl7message_state'), ['state'], unique=False)
+        batch_op.create_index(batch_op.f('ix_hl7message_study_instance_uid'), ['study_instance_uid'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('hl7message', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_hl7message_study_instance_uid'))
+        batch_op.drop_index(batch_op.f('ix_hl7message_state'))
+        batch_op.drop_index(batch_op.f('ix_hl7message_next_attempt_at'))
+        batch_op.drop_index(batch_op.f('ix_hl7message_key'))
+        batch_op.drop_index(batch_op.f('ix_hl7message_analysis_id'))
+        batch_op.drop_index(batch_op.f('ix_hl7message_accession_number'))
+
+    op.drop_table('hl7message')
+    with op.batch_alter_table('review', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_review_study_instance_uid'))
+        batch_op.drop_index(batch_op.f('ix_review_analysis_id'))
+
+    op.drop_table('review')
+    with op.batch_alter_table('authtoken', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_authtoken_user_id'))
+        batch_op.drop_index(batch_op.f('ix_authtoken_token_sha256'))
+
+    op.drop_table('authtoken')
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_users_username'))
+
+    op.drop_table('users')
     with op.batch_alter_table('study', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_study_study_instance_uid'))
         batch_op.drop_index(batch_op.f('ix_study_state'))
@@ -137,6 +259,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_instance_series_instance_uid'))
 
     op.drop_table('instance')
+    op.drop_table('exportrun')
+    with op.batch_alter_table('auditevent', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_auditevent_study_instance_uid'))
+        batch_op.drop_index(batch_op.f('ix_auditevent_at'))
+        batch_op.drop_index(batch_op.f('ix_auditevent_action'))
+
+    op.drop_table('auditevent')
     with op.batch_alter_table('analysis', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_analysis_superseded'))
         batch_op.drop_index(batch_op.f('ix_analysis_study_instance_uid'))
