@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -51,6 +51,23 @@ class Settings(BaseSettings):
     # Results
     pacs: CommaList = Field(default_factory=list)
     http_port: int = 8080
+    http_host: str = "0.0.0.0"
+    session_hours: float = 12.0
+
+    # Worklist flag to the RIS (HL7 v2 ORU^R01 over MLLP); empty host: no messages
+    hl7_host: str = ""
+    hl7_port: int = 2575
+    hl7_sending_application: str = "PLVI"
+    hl7_sending_facility: str = ""
+    hl7_receiving_application: str = "RIS"
+    hl7_receiving_facility: str = ""
+    hl7_timeout_seconds: float = 10.0
+    hl7_max_attempts: int = 20
+
+    # Cohort export
+    export_key: SecretStr = SecretStr("")
+    export_dir: Path | None = None
+    export_cron: str = "30 2 * * *"
 
     @field_validator("allowed_calling_aes", "allowed_networks", "pacs", mode="before")
     @classmethod
@@ -67,6 +84,16 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"PLVI_ALLOWED_NETWORKS: {network!r} is not an IP network; write e.g. 10.0.0.0/8"
                 ) from error
+        return value
+
+    @field_validator("export_cron")
+    @classmethod
+    def _cron_has_five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(
+                f"PLVI_EXPORT_CRON: {value!r} needs five fields, minute hour day-of-month month day-of-week,"
+                " e.g. '30 2 * * *' for 02:30 every night"
+            )
         return value
 
     @field_validator("ae_title")
@@ -87,6 +114,10 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def effective_export_dir(self) -> Path:
+        return self.export_dir or self.data_dir / "exports"
 
     @property
     def effective_database_url(self) -> str:
