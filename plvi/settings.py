@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     settle_seconds: float = 60.0
     tracker_interval_seconds: float = 1.0
 
+    # Queue
+    serve_workers: int = 1
+    publish_retry_max_seconds: float = 300.0
+    redeliver_after_seconds: float = 3600.0
+
     # Analysis
     cutoff: float = 0.79
 
