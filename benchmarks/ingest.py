@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from tests.conftest import free_port
-from tests.peers.dcmtk import dcmtk_environment, run_storescp, storescu, wait_for_port
+from tests.peers.dcmtk import dcmtk_environment, run_storescp, storescu
+from tests.peers.processes import stop_process, wait_for_port
 from tests.peers.orthanc import run_orthanc
 
 # `plvi serve` exists once the service lands; until then the listener alone, started the way the service starts it.
@@ -149,12 +149,7 @@ def run_plvi(work_dir: Path) -> Iterator[Receiver]:
         time.sleep(2.0)  # let the worker processes finish starting before the clock runs
         yield Receiver(port, "PLVI", process.pid, lambda: count_files(work_dir / "var" / "spool"))
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process, timeout=30, group=True)
 
 
 @contextmanager

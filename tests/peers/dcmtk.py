@@ -7,12 +7,12 @@ for a delayed ACK (about 40 ms), so every command here runs with it set.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.peers.processes import stop_process, wait_for_port
 
 
 def dcmtk_environment() -> dict[str, str]:
@@ -61,20 +61,6 @@ def echoscu(
     )
 
 
-def wait_for_port(port: int, process: subprocess.Popen, *, host: str = "127.0.0.1", timeout: float = 20) -> None:
-    """Block until `process` accepts TCP connections on `port`; fail with its exit code if it dies first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} before listening on {port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{process.args[0]} did not listen on {host}:{port} within {timeout} s")
-
-
 @contextmanager
 def run_storescp(
     port: int, out_dir: Path, *, ae: str = "STORESCP", extra_args: Sequence[str] = ()
@@ -93,9 +79,4 @@ def run_storescp(
         wait_for_port(port, process)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)

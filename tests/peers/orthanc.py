@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import free_port
-from tests.peers.dcmtk import dcmtk_environment, wait_for_port
+from tests.peers.dcmtk import dcmtk_environment
+from tests.peers.processes import stop_process, wait_for_port
 
 ORTHANC_BINARY = "Orthanc"
 
@@ -94,13 +95,7 @@ class Orthanc:
         """Shut Orthanc down cleanly (SIGTERM lets it close its index); kill it only if it hangs."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def request(self, method: str, path: str, body: bytes | dict | None = None) -> Any:
