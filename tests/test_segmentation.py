@@ -1,0 +1,83 @@
+"""Segmentation of both psoas muscles and the L4 vertebral body on one axial slice.
+
+Specification by evidence: on a real axial T2 (MuscleMap, model labels of the psoas) the masks overlap the
+reference, and an image with no vertebra in it is refused by the quality gate rather than measured.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from workers.analysis.measure import measure_plvi
+from workers.analysis.quality import assess_quality
+from workers.analysis.segmentation import canonical_view, segment_slice
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+MUSCLEMAP = REAL_DATA / "musclemap-t2ax"
+USUAL_AXIAL = {"patient_left": (0.0, 1.0), "patient_anterior": (-1.0, 0.0)}
+
+
+def read_nifti_labels(path: Path) -> np.ndarray:
+    """A NIfTI-1 label volume as (k, j, i) = (slice, row, column); enough of the format for these files."""
+    data = gzip.decompress(path.read_bytes())
+    dims = struct.unpack("<8h", data[40:56])
+    datatype = struct.unpack("<h", data[70:72])[0]
+    offset = int(struct.unpack("<f", data[108:112])[0])
+    dtype = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 512: np.uint16}[datatype]
+    count = dims[1] * dims[2] * dims[3]
+    return np.frombuffer(data, dtype, count=count, offset=offset).reshape(dims[3], dims[2], dims[1])
+
+
+def dice(found: np.ndarray, truth: np.ndarray) -> float:
+    return 2.0 * np.logical_and(found, truth).sum() / max(found.sum() + truth.sum(), 1)
+
+
+def refused(seg, spacing) -> bool:
+    verdict = assess_quality(measure_plvi(seg, spacing, 0.79), seg, slice_to_endplate_mm=2.0,
+                             lumbar_vertebrae_counted=5, level_method="sagittal")
+    return verdict.status == "not_measurable"
+
+
+@pytest.mark.skipif(not MUSCLEMAP.is_dir(), reason="real data folder not present")
+@pytest.mark.parametrize("instance", [16])
+def test_psoas_masks_overlap_the_musclemap_labels_on_l4_slices(instance: int) -> None:
+    """Labels 5/6 = psoas right/left; instances 15-20 lie in the L4 body (reference.json, levels by eye)."""
+    dataset = pydicom.dcmread(MUSCLEMAP / "dicom" / f"IM-0001-{instance:04d}.dcm")
+    labels = read_nifti_labels(MUSCLEMAP / "labels.nii.gz")[instance - 1]
+    seg = segment_slice(dataset.pixel_array, tuple(dataset.PixelSpacing), **USUAL_AXIAL)
+    assert dice(seg.psoas_right, labels == 5) >= 0.80
+    assert dice(seg.psoas_left, labels == 6) >= 0.80
+    assert not np.any(seg.vertebra & (seg.psoas_left | seg.psoas_right))
+    assert seg.confidence > 0.0
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((256, 256), dtype=np.uint16),
+    np.random.default_rng(7).rayleigh(20.0, (256, 256)),
+    np.random.default_rng(8).normal(500.0, 150.0, (256, 256)).clip(0),
+], ids=["blank", "rician_background", "noise"])
+def test_an_image_without_a_vertebra_gets_low_confidence_and_is_refused(image: np.ndarray) -> None:
+    seg = segment_slice(image, (1.0, 1.0), **USUAL_AXIAL)
+    assert seg.confidence < 0.15
+    assert refused(seg, (1.0, 1.0))
+
+
+def test_canonical_view_turns_any_axis_aligned_orientation_back_to_anterior_up_left_at_right() -> None:
+    image = np.arange(12).reshape(3, 4)
+    view = canonical_view(patient_left=(0.0, -1.0), patient_anterior=(1.0, 0.0))  # flipped both ways
+    assert np.array_equal(view.forward(image), image[::-1, ::-1])
+    transposed = canonical_view(patient_left=(1.0, 0.0), patient_anterior=(0.0, -1.0))
+    assert np.array_equal(transposed.forward(image), image.T)
+    for orientation in (view, transposed):
+        assert np.array_equal(orientation.backward(orientation.forward(image)), image)
+
+
+def test_orientation_vectors_along_one_axis_are_refused() -> None:
+    with pytest.raises(ValueError, match="not axial"):
+        segment_slice(np.zeros((64, 64)), (1.0, 1.0), patient_left=(0.0, 1.0), patient_anterior=(0.0, -1.0))
