@@ -1,0 +1,187 @@
+"""`plvi serve`: the whole service as one process tree, for a single machine with embedded defaults.
+
+The main process runs the DICOM listener and a scheduler thread (study tracker, outbox publisher, periodic jobs);
+Celery workers run as child processes that consume the same broker, exactly as separate `plvi worker` processes
+would in production. Children get the settings as `PLVI_*` variables, stop on SIGTERM/SIGINT with the parent, and
+get SIGTERM from the kernel if the parent is killed outright.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import SecretStr
+from pydantic_settings import NoDecode
+from sqlalchemy.engine import Engine
+
+from listener.tracker import settle_studies
+from plvi.db import make_engine, upgrade_database
+from plvi.logs import kv
+from plvi.outbox import publish_pending, redeliver_unfinished
+from plvi.settings import Settings
+from workers.celery_app import make_celery
+
+log = logging.getLogger(__name__)
+
+PeriodicJob = Callable[[Settings, Engine], int]
+# Jobs the scheduler thread runs every `tracker_interval_seconds` after the tracker and the publisher; each returns
+# how much it did. Other parts of the service append theirs here.
+PERIODIC_JOBS: list[PeriodicJob] = [redeliver_unfinished]
+
+WORKER_STOP_TIMEOUT_SECONDS = 60
+WORKER_RESTART_DELAY_SECONDS = 5
+PR_SET_PDEATHSIG = 1
+
+
+def run_service(settings: Settings) -> None:
+    """Run listener, scheduler and workers until SIGTERM or SIGINT; then stop them all and return."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+
+    url = settings.effective_database_url
+    upgrade_database(url)
+    engine = make_engine(url)
+    celery_app = make_celery(settings)
+    # Workers first: forking before the listener and scheduler start threads keeps the children clean.
+    workers = WorkerProcess(settings) if settings.serve_workers > 0 else None
+    if workers:
+        workers.start()
+
+    from listener.scp import start_listener
+
+    listener = start_listener(settings, engine)
+    scheduler = threading.Thread(
+        target=_run_scheduler, args=(settings, engine, celery_app, stop), name="plvi-scheduler", daemon=True
+    )
+    scheduler.start()
+    _announce(settings)
+    try:
+        while not stop.wait(1.0):
+            if workers:
+                workers.restart_if_exited()
+    finally:
+        log.info(kv("service_stopping"))
+        stop.set()
+        listener.shutdown()
+        scheduler.join(timeout=30)
+        if workers:
+            workers.stop()
+        engine.dispose()
+        log.info(kv("service_stopped"))
+
+
+def run_scheduled_jobs(settings: Settings, engine: Engine, celery_app: Any) -> None:
+    """One pass: settle quiet studies, publish what is due, run the periodic jobs. A failing step is logged and
+    the others still run; the next pass tries again."""
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("settle_studies", lambda: settle_studies(settings, engine)),
+        ("publish_pending", lambda: publish_pending(settings, engine, celery_app)),
+    ]
+    steps += [(getattr(job, "__name__", repr(job)), lambda job=job: job(settings, engine)) for job in PERIODIC_JOBS]
+    for name, step in steps:
+        try:
+            step()
+        except Exception:
+            log.exception(kv("scheduled_job_failed", job=name))
+
+
+def _run_scheduler(settings: Settings, engine: Engine, celery_app: Any, stop: threading.Event) -> None:
+    while not stop.is_set():
+        run_scheduled_jobs(settings, engine, celery_app)
+        stop.wait(settings.tracker_interval_seconds)
+
+
+def _announce(settings: Settings) -> None:
+    shown_host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    print(
+        f"PLVI listening: AE title {settings.ae_title} on {settings.host}:{settings.port}\n"
+        f"  data in {settings.data_dir.resolve()}; database {settings.effective_database_url.split('@')[-1]}; "
+        f"queue {'embedded ' if settings.broker_is_embedded else ''}{settings.effective_broker_url.split('@')[-1]}; "
+        f"{settings.serve_workers} worker process(es); a study is complete after {settings.settle_seconds:g} s quiet\n"
+        f"Send a study with:\n"
+        f"  storescu -aec {settings.ae_title} +sd +r +sp '*.dcm' {shown_host} {settings.port} path/to/study/",
+        flush=True,
+    )
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings as `PLVI_*` variables, so a child process reads exactly what this process was given."""
+    environment = {}
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, list) and any(meta is NoDecode for meta in field.metadata):
+            text = ",".join(map(str, value))
+        elif isinstance(value, (list, dict)):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        environment[f"PLVI_{name.upper()}"] = text
+    return environment
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGTERM the child when we die (even by SIGKILL), so no orphan worker keeps
+    consuming the queue. Looked up before forking: the hook itself only makes one system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class WorkerProcess:
+    """One `plvi worker` child (a Celery worker with `serve_workers` pool processes), restarted if it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process: subprocess.Popen | None = None
+        self.exited_at: float | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-c", "from plvi.cli import app; app()",
+            "worker", "--concurrency", str(self.settings.serve_workers),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **settings_environment(self.settings)},
+            preexec_fn=_die_with_parent(),
+            start_new_session=True,  # a terminal's Ctrl-C reaches us only; we stop the worker ourselves
+        )
+        self.exited_at = None
+        log.info(kv("worker_started", pid=self.process.pid, concurrency=self.settings.serve_workers))
+
+    def restart_if_exited(self) -> None:
+        if self.process is None or self.process.poll() is None:
+            return
+        if self.exited_at is None:
+            self.exited_at = time.monotonic()
+            log.error(kv("worker_exited", pid=self.process.pid, returncode=self.process.returncode))
+        elif time.monotonic() - self.exited_at >= WORKER_RESTART_DELAY_SECONDS:
+            self.start()
+
+    def stop(self) -> None:
+        """Warm shutdown (running tasks finish); killed if it takes longer than WORKER_STOP_TIMEOUT_SECONDS."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=WORKER_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            log.error(kv("worker_killed", pid=self.process.pid, after_seconds=WORKER_STOP_TIMEOUT_SECONDS))
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

@@ -1,0 +1,107 @@
+"""The Celery application: one broker (Redis in production, an embedded SQLite queue by default), late acks.
+
+Durability does not rest on the broker alone: every task is announced in the database outbox first
+(plvi/outbox.py), a finished task marks its outbox row done, and published rows that never finish are published
+again. So a broker that loses an unacknowledged message (kombu's SQL transport does when a worker is killed with
+SIGKILL) delays an analysis but cannot lose it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from functools import cached_property
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy.engine import Engine
+
+from plvi.db import make_engine
+from plvi.settings import Settings
+
+QUEUE_NAME = "plvi"
+# Redis hides a delivered, unacknowledged message for this long before handing it to another worker; it must
+# exceed the longest analysis, or a slow task would run twice (harmless, results are idempotent, but wasteful).
+REDIS_VISIBILITY_TIMEOUT_SECONDS = 2 * 3600
+
+
+class PlviCelery(Celery):
+    """A Celery app that carries the service settings, so tasks never read the environment themselves."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("plvi", include=["workers.tasks"])
+        self.plvi_settings = settings
+
+    @cached_property
+    def plvi_engine(self) -> Engine:
+        """Created on first use, i.e. inside the pool process that runs the task, never inherited across fork."""
+        return make_engine(self.plvi_settings.effective_database_url)
+
+
+def make_celery(settings: Settings) -> PlviCelery:
+    """The app every process of the service uses: the `plvi serve` publisher, `plvi worker`, the tests."""
+    app = PlviCelery(settings)
+    app.conf.update(
+        broker_url=settings.effective_broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=_transport_options(settings),
+        task_default_queue=QUEUE_NAME,
+        task_serializer="json",
+        accept_content=["json"],
+        # Results live in our database; no result backend.
+        task_ignore_result=True,
+        # A task is acknowledged when it has finished, and given back if its worker dies, so a crash mid-analysis
+        # reruns it; one message at a time per process keeps long analyses from starving behind each other.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    if settings.broker_is_embedded:
+        prepare_embedded_broker(settings)
+    return app
+
+
+def _transport_options(settings: Settings) -> dict[str, object]:
+    if settings.broker_is_embedded:
+        # kombu's SQL transport hands these to sqlalchemy.create_engine: wait for the lock instead of failing
+        # when the publisher and several workers touch the queue file at once.
+        return {"connect_args": {"timeout": 30}}
+    return {
+        "visibility_timeout": REDIS_VISIBILITY_TIMEOUT_SECONDS,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 30,
+    }
+
+
+def embedded_broker_path(settings: Settings) -> Path:
+    return Path(settings.effective_broker_url.removeprefix("sqla+sqlite:///"))
+
+
+def prepare_embedded_broker(settings: Settings) -> None:
+    """Create the embedded queue's SQLite file in WAL mode (a property of the file, kept across connections), so
+    workers polling the queue do not block the publisher."""
+    path = embedded_broker_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=30)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
+
+
+def run_worker(settings: Settings, concurrency: int) -> None:
+    """Run a Celery worker in this process until SIGTERM (warm shutdown: running tasks finish first)."""
+    app = make_celery(settings)
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--queues={QUEUE_NAME}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
