@@ -55,6 +55,10 @@ class Settings(BaseSettings):
 
     # Results
     pacs: CommaList = Field(default_factory=list)
+    pacs_max_attempts: int = 10
+    pacs_retry_base_seconds: float = 10.0
+    pacs_retry_max_seconds: float = 900.0
+    pacs_timeout_seconds: float = 30.0
     http_port: int = 8080
     http_host: str = "0.0.0.0"
     session_hours: float = 12.0
