@@ -44,6 +44,23 @@ def analyze(
     raise typer.Exit(analyze_command(paths, load_settings(), json_output=json_output, out=out))
 
 
+@app.command()
+def export(
+    out: Annotated[Path | None, typer.Option(help="folder to write; default: a new folder in PLVI_EXPORT_DIR")] = None,
+    since_last: Annotated[
+        bool, typer.Option("--since-last", help="only studies analysed or reviewed since the last export")
+    ] = False,
+    outcomes: Annotated[
+        Path | None, typer.Option(help="CSV keyed by 'pseudonym' whose other columns are outcomes to compare")
+    ] = None,
+) -> None:
+    """The pseudonymised cohort export on demand: CSV, Parquet, data dictionary, summary and plots."""
+    from reports.export.command import export_command
+
+    configure_logging("WARNING")
+    raise typer.Exit(export_command(load_settings(), out=out, since_last=since_last, outcomes_csv=outcomes))
+
+
 @app.command("db-upgrade")
 def db_upgrade() -> None:
     """Create or migrate the database schema (every service also does this at start)."""
