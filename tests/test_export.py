@@ -172,3 +172,23 @@ def test_plvi_export_command_writes_the_files_and_refuses_without_a_key(export_s
                              env={**env, "PLVI_EXPORT_KEY": ""}, capture_output=True, text=True, timeout=120,
                              cwd=tmp_path)
     assert refused.returncode == 2 and "PLVI_EXPORT_KEY" in refused.stderr
+
+
+def test_nightly_export_is_a_celery_beat_entry_at_the_configured_time(export_settings, engine):
+    from celery import Celery
+
+    from reports.export.schedule import BEAT_ENTRY, TASK_NAME, install_nightly_export
+
+    nightly = export_settings.model_copy(update={"export_cron": "15 3 * * 1-5"})
+    app = Celery("export-test", broker="memory://")
+    app.plvi_settings, app.plvi_engine = nightly, engine  # what workers/celery_app.PlviCelery carries
+    install_nightly_export(app, nightly)
+    entry = app.conf.beat_schedule[BEAT_ENTRY]
+    assert entry["task"] == TASK_NAME
+    assert entry["schedule"].minute == {15} and entry["schedule"].hour == {3}
+    assert entry["schedule"].day_of_week == {1, 2, 3, 4, 5}
+
+    seed_cohort(nightly, engine, 2)
+    assert app.tasks[TASK_NAME].apply().get() == 2
+    assert app.tasks[TASK_NAME].apply().get() == 0  # nothing new since the last export
+    assert len(list(nightly.effective_export_dir.glob("cohort-*/cohort.parquet"))) >= 1
