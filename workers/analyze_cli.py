@@ -1,0 +1,92 @@
+"""`plvi analyze PATH... [--json] [--out DIR]`: one study from files, no server, the same code as the worker."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from plvi.settings import Settings
+from workers.pipeline import StudyAnalysis, analyze_paths
+from workers.study_files import StudyFilesError
+
+# Outline colours on the overlay: the patient's left psoas, right psoas, and the L4 body.
+OUTLINE_COLOURS = {"psoas_left": (255, 80, 80), "psoas_right": (80, 160, 255), "vertebra": (255, 220, 0)}
+
+
+def analyze_command(paths: list[Path], settings: Settings, json_output: bool, out: Path | None) -> int:
+    """Run the analysis; 0 when a result object was produced (whatever its status), 2 when the input is unusable."""
+    try:
+        analysis = analyze_paths(paths, settings.cutoff)
+    except StudyFilesError as error:
+        print(f"plvi analyze: {error}", file=sys.stderr)
+        return 2
+    text = json.dumps(analysis.result, indent=2, allow_nan=False, default=_json_default)
+    if out is not None:
+        write_outputs(analysis, out, text)
+    if json_output:
+        print(text)
+    else:
+        print(_summary(analysis.result))
+        if out is not None:
+            print(f"written to {out}/: result.json" + (", overlay.png, masks.npz" if analysis.masks else ""))
+    return 0
+
+
+def write_outputs(analysis: StudyAnalysis, out: Path, result_json: str) -> None:
+    """result.json always; overlay.png and masks.npz when a slice was segmented."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(result_json + "\n")
+    if analysis.masks and analysis.image is not None:
+        np.savez_compressed(out / "masks.npz", **analysis.masks)
+        overlay_image(analysis.image, analysis.masks).save(out / "overlay.png")
+
+
+def overlay_image(image: np.ndarray, masks: dict[str, np.ndarray]) -> Image.Image:
+    """The slice as stored (row 0 at the top) with a one-pixel outline of each mask."""
+    low, high = np.percentile(image, (1, 99.5))
+    grey = np.clip((image - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
+    rgb = np.stack([grey] * 3, axis=-1)
+    for name, colour in OUTLINE_COLOURS.items():
+        mask = masks.get(name)
+        if mask is None or not mask.any():
+            continue
+        outline = mask & ~ndimage.binary_erosion(mask)
+        rgb[outline] = colour
+    picture = Image.fromarray(rgb)
+    ImageDraw.Draw(picture).text((4, 4), "L psoas red, R psoas blue, L4 body yellow", fill=(255, 255, 255))
+    return picture
+
+
+def _summary(result: dict[str, Any]) -> str:
+    lines = [f"study {result['study_instance_uid']}: {result['status']}"]
+    if result["reason"]:
+        lines.append(f"  {result['reason']}: {result['reason_text']}")
+    if result["plvi"] is not None:
+        lines.append(
+            f"  PLVI {result['plvi']:.3f} (left psoas {result['psoas_left_mm2']:.0f} mm2, right psoas "
+            f"{result['psoas_right_mm2']:.0f} mm2, L4 body {result['vertebra_mm2']:.0f} mm2); cut-off "
+            f"{result['cutoff']}: {'LOW psoas mass' if result['low_psoas_mass'] else 'not low'}"
+        )
+    if result["level"]:
+        endplate = result["level"]["l4_upper_endplate"]
+        lines.append(f"  L4 upper endplate at {endplate['point_mm']} mm (LPS), normal {endplate['normal']}")
+    if result["slice"]:
+        lines.append(
+            f"  slice: instance {result['slice']['instance_number']}, "
+            f"{result['slice']['slice_to_endplate_mm']} mm below the endplate"
+        )
+    return "\n".join(lines)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
