@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-01 18:42:45.246777
+Create Date: 2026-12-01 18:46:44.946027
 """
 from alembic import op
 import sqlalchemy as sa
@@ -187,6 +187,7 @@ def upgrade() -> None:
     sa.Column('control_id', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('result_status', sqlmodel.sql.sqltypes.AutoString(length=1), nullable=False),
     sa.Column('message', sa.Text(), nullable=False),
+    sa.Column('content_sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
