@@ -45,14 +45,14 @@ def refused(seg, spacing) -> bool:
 
 
 @pytest.mark.skipif(not MUSCLEMAP.is_dir(), reason="real data folder not present")
-@pytest.mark.parametrize("instance", [16])
+@pytest.mark.parametrize("instance", [15, 16, 17, 18, 19])
 def test_psoas_masks_overlap_the_musclemap_labels_on_l4_slices(instance: int) -> None:
     """Labels 5/6 = psoas right/left; instances 15-20 lie in the L4 body (reference.json, levels by eye)."""
     dataset = pydicom.dcmread(MUSCLEMAP / "dicom" / f"IM-0001-{instance:04d}.dcm")
     labels = read_nifti_labels(MUSCLEMAP / "labels.nii.gz")[instance - 1]
     seg = segment_slice(dataset.pixel_array, tuple(dataset.PixelSpacing), **USUAL_AXIAL)
-    assert dice(seg.psoas_right, labels == 5) >= 0.80
-    assert dice(seg.psoas_left, labels == 6) >= 0.80
+    assert dice(seg.psoas_right, labels == 5) >= 0.85
+    assert dice(seg.psoas_left, labels == 6) >= 0.83
     assert not np.any(seg.vertebra & (seg.psoas_left | seg.psoas_right))
     assert seg.confidence > 0.0
 

@@ -1,10 +1,10 @@
 """Find each psoas on a bias-corrected axial slice in the canonical view (1 mm grid), given the vertebral body.
 
 At L4 the psoas is the dark (muscle) region directly lateral to the vertebral body, roughly level with its centre.
-It may touch the aorta or vena cava (anteromedially), bowel (anteriorly) and quadratus lumborum (posterolaterally),
-so the dark region around it is split at its narrow necks (a watershed of the distance map) and only the part at
-the expected place is kept. Holes are filled and small clefts closed, so intramuscular fat counts as psoas, as it
-does when outlined by hand.
+Only what is as dark as muscle seeds it, so bowel, mesentery and slow-flowing vessels (intermediate signal) stay
+out; dark neighbours touching it (aorta, vena cava, quadratus lumborum) are split off at narrow necks, and the
+outline then moves out to the half-way level between muscle and fat. Holes are filled and small clefts closed, so
+intramuscular fat counts as psoas, as it does when outlined by hand.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
 from skimage.measure import regionprops
 from skimage.morphology import disk, h_maxima
 from skimage.segmentation import watershed
@@ -23,8 +22,18 @@ PRIOR_OFFSET_MM = 17
 
 PRIOR_RADIUS_MM = 14
 SEARCH_LATERAL_MM = 80
-NECK_DEPTH_MM = 3.0
-"""Two dark blobs joined by a neck at least this much narrower (in radius) than both are treated as two structures."""
+WIDE_NECK = 0.7
+"""Two dark basins are one structure when they meet along at least 70 % of the smaller one's width."""
+
+
+STRICT_LEVEL = 0.15
+"""Clearly muscle: below 15 % of the way from the muscle level to the fat level."""
+
+EDGE_SEARCH_MM = 3
+"""How far beyond the clear core the half-way edge is looked for (the width of a blurred edge)."""
+
+FAT_POCKET_MM2 = 200
+"""Enclosed bright pockets up to this size inside dark muscle are intramuscular fat and count as muscle."""
 
 
 @dataclass(frozen=True)
@@ -59,43 +68,91 @@ def _find_one(corrected: np.ndarray, body: np.ndarray, vertebra: np.ndarray, sid
     if roi.sum() < 200:
         return PsoasFinding(empty, 0.0, {"found": 0.0})
 
-    threshold = threshold_otsu(smooth[roi])
-    dark = ndi.binary_opening(roi & (smooth < threshold), disk(2))
-
-    prior = np.zeros_like(body)
-    prior_column = edge + side * PRIOR_OFFSET_MM
     rr, cc = np.ogrid[: body.shape[0], : body.shape[1]]
-    prior = (rr - centre_row) ** 2 + (cc - prior_column) ** 2 <= PRIOR_RADIUS_MM**2
+    prior = (rr - centre_row) ** 2 + (cc - (edge + side * PRIOR_OFFSET_MM)) ** 2 <= PRIOR_RADIUS_MM**2
+    if not np.any(prior & roi):
+        return PsoasFinding(empty, 0.0, {"found": 0.0})
+    muscle_level = float(np.percentile(smooth[prior & roi], 20))
+    fat_level = float(np.percentile(smooth[roi], 95))
+    strict = muscle_level + STRICT_LEVEL * (fat_level - muscle_level)
+    half_way = muscle_level + 0.5 * (fat_level - muscle_level)
 
-    distance = ndi.distance_transform_edt(dark)
-    markers, _ = ndi.label(h_maxima(distance, NECK_DEPTH_MM))
-    basins = watershed(-distance, markers, mask=dark)
+    # The core is what is clearly muscle; bowel and mesentery are of intermediate signal and stay outside it.
+    # Dark neighbours (aorta, vena cava, quadratus lumborum, the foramen) are split off where they meet the psoas
+    # through a neck narrower than both (a watershed of the distance map, then merging across wide necks).
+    clear = _fill_small_holes(ndi.binary_closing(roi & (smooth < strict), disk(1)) & roi, FAT_POCKET_MM2)
+    clear = ndi.binary_opening(clear, disk(2))
+    core = _blob_at(clear, prior)
+    if core is None:
+        return PsoasFinding(empty, 0.0, {"found": 0.0})
+    # The outline lies where the signal is half-way between muscle and fat (the edge of a blurred step), a few
+    # millimetres out from the core at most; it is not allowed to run on into intermediate tissue.
+    muscle = ndi.binary_dilation(core, disk(1), iterations=EDGE_SEARCH_MM, mask=roi & (smooth < half_way))
+    muscle = _fill_small_holes(ndi.binary_closing(muscle, disk(3)), FAT_POCKET_MM2) | core
+    muscle &= ~vertebra
+    return PsoasFinding(muscle, *_evidence(muscle, smooth, vertebra, muscle_level, fat_level))
+
+
+def _blob_at(mask: np.ndarray, prior: np.ndarray) -> np.ndarray | None:
+    """The blob of ``mask`` under ``prior``: watershed basins of the distance map, merged across wide necks."""
+    distance = ndi.distance_transform_edt(mask)
+    markers, _ = ndi.label(h_maxima(distance, 1.0))
+    basins = watershed(-distance, markers, mask=mask)
+    if basins.max() == 0:
+        return None
     overlaps = np.bincount(basins[prior].ravel(), minlength=basins.max() + 1)
     overlaps[0] = 0
     if overlaps.max() == 0:
-        return PsoasFinding(empty, 0.0, {"found": 0.0})
-    muscle = basins == int(np.argmax(overlaps))
-    muscle = ndi.binary_fill_holes(ndi.binary_closing(ndi.binary_fill_holes(muscle), disk(3)))
-    muscle &= ~vertebra
-    return PsoasFinding(muscle, *_evidence(muscle, smooth, threshold))
+        return None
+    radius = ndi.maximum(distance, basins, index=np.arange(basins.max() + 1))
+    members = {int(np.argmax(overlaps))}
+    blob = basins == next(iter(members))
+    while True:
+        touching = basins[ndi.binary_dilation(blob, disk(1)) & ~blob]
+        necks = np.bincount(touching, minlength=basins.max() + 1)
+        necks[0] = 0
+        blob_radius = max(radius[index] for index in members)
+        wide = [index for index in np.nonzero(necks)[0]
+                if necks[index] >= WIDE_NECK * 2 * min(radius[index], blob_radius)]
+        if not wide:
+            return blob
+        members.update(int(index) for index in wide)
+        blob = np.isin(basins, list(members))
 
 
-def _evidence(muscle: np.ndarray, smooth: np.ndarray, threshold: float) -> tuple[float, dict[str, float]]:
-    """Confidence 0..1 from area, shape and contrast against the tissue just outside the outline."""
+def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
+    """Fill enclosed holes up to ``max_area`` pixels; larger enclosed regions are other structures, not fat."""
+    holes, _ = ndi.label(ndi.binary_fill_holes(mask) & ~mask)
+    sizes = np.bincount(holes.ravel())
+    small = sizes <= max_area
+    small[0] = False
+    return mask | small[holes]
+
+
+def _evidence(muscle: np.ndarray, smooth: np.ndarray, vertebra: np.ndarray, muscle_level: float,
+              fat_level: float) -> tuple[float, dict[str, float]]:
+    """Confidence 0..1 from area, shape, contrast, and how much of the outline follows a real edge.
+
+    ``edge_support`` is the share of the outline (beside the vertebra excepted) where the tissue 2 mm outside is
+    brighter than half-way to fat; where the outline was cut through continuous dark tissue it is not.
+    """
     region = regionprops(muscle.astype(np.uint8))[0]
-    ring = ndi.binary_dilation(muscle, disk(4)) & ~ndi.binary_dilation(muscle, disk(1))
-    inside = float(np.median(smooth[muscle]))
-    outside = float(np.median(smooth[ring]))
-    contrast = (outside - inside) / max(outside, 1e-6)
-    plausible_area = float(np.clip(min((region.area - 250) / 250, (4000 - region.area) / 1000), 0.0, 1.0))
+    span = max(fat_level - muscle_level, 1e-6)
+    outside = ndi.binary_dilation(muscle, disk(2)) & ~ndi.binary_dilation(muscle, disk(1))
+    outside &= ~ndi.binary_dilation(vertebra, disk(3))
+    edge_support = float(np.mean(smooth[outside] > muscle_level + 0.5 * span)) if outside.any() else 0.0
+    contrast = span / max(fat_level, 1e-6)
+    plausible_area = float(np.clip(min((region.area - 150) / 150, (4500 - region.area) / 1000), 0.0, 1.0))
     solidity_term = float(np.clip((region.solidity - 0.75) / 0.15, 0.0, 1.0))
     contrast_term = float(np.clip(contrast / 0.4, 0.0, 1.0))
-    confidence = plausible_area * solidity_term * contrast_term
+    support_term = float(np.clip((edge_support - 0.4) / 0.4, 0.0, 1.0))
+    confidence = plausible_area * solidity_term * contrast_term * support_term
     return confidence, {
         "found": 1.0,
-        "area_px": float(region.area),
+        "area_mm2": float(region.area),
         "solidity": float(region.solidity),
         "eccentricity": float(region.eccentricity),
         "contrast": float(contrast),
+        "edge_support": edge_support,
         "confidence": float(confidence),
     }
