@@ -1,0 +1,416 @@
+"""The DICOM listener: C-ECHO and C-STORE over pynetdicom, writing each instance durably before it answers.
+
+The C-STORE handler is the hot path and does the least that is safe: check the header, write the bytes exactly as
+received (never decoded, never transcoded), record the rows, answer. Everything else happens in workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+import zlib
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from io import BytesIO
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    MRImageStorage,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.engine import Engine
+
+from listener.access import AccessPolicy
+from listener.records import InstanceRecord, RecordWriter
+from listener.spool import Spool, is_safe_uid
+from plvi.logs import kv
+from plvi.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STORAGE_SOP_CLASSES = (MRImageStorage, EnhancedMRImageStorage, CTImageStorage, EnhancedCTImageStorage)
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+# C-STORE statuses, PS3.4 Annex B.2.3 (the C000-CFFF range is "Error: Cannot understand"; the low digits are ours
+# and say which check failed).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_PARSE = 0xC000
+MISSING_UID = 0xC001
+SOP_INSTANCE_UID_MISMATCH = 0xC002
+
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class BadInstance(Exception):
+    """A data set we refuse, with the status to answer and the reason for the log and the quarantine note."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Peer:
+    calling_ae: str
+    address: str
+    port: int
+
+    @classmethod
+    def of(cls, event: Event) -> Peer:
+        return cls(event.assoc.requestor.ae_title.strip(), *_requestor_address(event))
+
+
+def read_header(data: bytes | memoryview, transfer_syntax: str) -> Dataset:
+    """Parse the data set as received, checking that it is complete; pixel data stays undecoded bytes."""
+    try:
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:  # PS3.5 A.5: the whole data set is raw deflate
+            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        implicit = transfer_syntax == ImplicitVRLittleEndian
+        dataset = read_dataset(BytesIO(data), is_implicit_VR=implicit, is_little_endian=True)
+        keywords_present = [keyword for keyword in PIXEL_DATA_KEYWORDS if keyword in dataset]
+        last = dataset.get_item(next(reversed(dataset.keys()))) if len(dataset) else None  # raw, as read
+    except Exception as error:
+        raise BadInstance(CANNOT_PARSE, f"data set cannot be parsed: {error}") from error
+    if not keywords_present or last is None:
+        raise BadInstance(CANNOT_PARSE, "data set has no pixel data: not an image, or truncated")
+    # pydicom reads a cut-off last element silently; its declared length tells the truth.
+    declared = getattr(last, "length", None)
+    if declared not in (None, UNDEFINED_LENGTH) and last.value is not None and len(last.value) != declared:
+        raise BadInstance(CANNOT_PARSE, f"data set is truncated: element {last.tag} declares {declared} bytes")
+    return dataset
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def record_for(
+    dataset: Dataset, request: Any, peer: Peer, transfer_syntax: str
+) -> InstanceRecord:
+    """Check the identifiers a stored instance must have and build its database record (path/hash filled later)."""
+    uids = {keyword: _text(dataset, keyword) for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    missing = [keyword for keyword, uid in uids.items() if not uid]
+    if missing:
+        raise BadInstance(MISSING_UID, f"data set lacks {', '.join(missing)}")
+    unsafe = [f"{keyword}={uid!r}" for keyword, uid in uids.items() if not is_safe_uid(uid)]
+    if unsafe:
+        raise BadInstance(MISSING_UID, f"not a valid UID: {', '.join(unsafe)}")
+    if uids["SOPInstanceUID"] != str(request.AffectedSOPInstanceUID).strip():
+        raise BadInstance(
+            SOP_INSTANCE_UID_MISMATCH,
+            f"SOPInstanceUID {uids['SOPInstanceUID']} differs from the request's {request.AffectedSOPInstanceUID}",
+        )
+    sop_class = _text(dataset, "SOPClassUID")
+    if sop_class != str(request.AffectedSOPClassUID).strip():
+        raise BadInstance(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"SOPClassUID {sop_class or '(none)'} differs from the request's {request.AffectedSOPClassUID}",
+        )
+    series_number = dataset.get("SeriesNumber")
+    return InstanceRecord(
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=transfer_syntax,
+        path="",
+        size_bytes=0,
+        sha256="",
+        calling_ae=peer.calling_ae,
+        received_at=datetime.now(timezone.utc),
+        patient_id=_text(dataset, "PatientID"),
+        accession_number=_text(dataset, "AccessionNumber"),
+        study_date=_text(dataset, "StudyDate"),
+        modality=_text(dataset, "Modality"),
+        series_number=int(series_number) if isinstance(series_number, (int, float)) else None,
+        series_description=_text(dataset, "SeriesDescription"),
+    )
+
+
+def _file_meta_bytes(event: Event) -> bytes:
+    """Preamble, prefix and file meta group for the data set as received (PS3.10 7.1)."""
+    buffer = BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, event.file_meta, enforce_standard=True)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with two changes on accepted sockets:
+
+    - TCP_NODELAY: without it each C-STORE response waits for the peer's delayed ACK (~40 ms on Linux), which caps a
+      sender near 22 instances/s (DESIGN.md);
+    - the TLS handshake runs in the connection's own thread, so a slow or hostile TLS peer cannot stall accept().
+    """
+
+    daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.ae.acse_timeout)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ssl.SSLError) as error:
+                log.warning(kv("tls_handshake_failed", peer=client_address[0], error=error))
+                self.shutdown_request(request)
+                return
+        super().finish_request(request, client_address)
+
+
+class Listener:
+    """A running listener. `shutdown()` stops accepting, ends associations and commits what is queued."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.data_dir, free_space_reserve_mb=settings.free_space_reserve_mb)
+        self.writer = RecordWriter(engine)
+        self.policy = AccessPolicy.from_settings(settings)
+        self.ae = AE(ae_title=settings.ae_title)
+        self.ae.maximum_associations = settings.max_associations
+        # Large PDUs: fewer Python round trips per instance; peers send up to this size.
+        self.ae.maximum_pdu_size = 0
+        self.ae.add_supported_context(Verification)
+        for sop_class in STORAGE_SOP_CLASSES:
+            self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        self._server: _Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        removed = self.spool.prepare()
+        if removed:
+            log.info(kv("spool_leftovers_removed", count=removed))
+        self.writer.start()
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        # AE.start_server(block=False) with our server class (it offers no way to pass one).
+        self._server = self.ae.make_server(
+            (self.settings.host, self.settings.port),
+            evt_handlers=handlers,
+            ssl_context=_ssl_context(self.settings),
+            server_class=_Server,
+        )
+        self.ae._servers.append(self._server)
+        threading.Thread(target=self._server.serve_forever, name="plvi-dicom-accept", daemon=True).start()
+        log.info(
+            kv(
+                "listener_started",
+                ae_title=self.settings.ae_title,
+                host=self.settings.host,
+                port=self.port,
+                tls=self._server.ssl_context is not None,
+                max_associations=self.settings.max_associations,
+                spool=self.spool.root,
+            )
+        )
+        log.info(kv("listener_accepts", peers=self.policy.describe()))
+
+    def shutdown(self) -> None:
+        self.ae.shutdown()
+        self.writer.stop()
+        log.info(kv("listener_stopped", port=self.settings.port))
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.shutdown()
+
+    # Event handlers. pynetdicom runs them in the association's thread.
+
+    def _on_requested(self, event: Event) -> None:
+        peer = Peer(event.assoc.requestor.primitive.calling_ae_title.strip(), *_requestor_address(event))
+        rejection = self.policy.check(peer.calling_ae, peer.address)
+        if rejection is None:
+            return
+        log.warning(kv("association_rejected", calling_ae=peer.calling_ae, peer=peer.address, reason=rejection.reason))
+        event.assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
+        event.assoc.kill()
+
+    def _on_accepted(self, event: Event) -> None:
+        peer = Peer.of(event)
+        refused = sorted({str(context.abstract_syntax.name) for context in event.assoc.rejected_contexts})
+        log.info(kv("association_accepted", calling_ae=peer.calling_ae, peer=peer.address))
+        if refused:
+            # Not negotiated, so never received: a PACS autorouting everything cannot fill our disk.
+            log.info(
+                kv(
+                    "sop_classes_not_accepted",
+                    calling_ae=peer.calling_ae,
+                    peer=peer.address,
+                    sop_classes=";".join(refused),
+                    accepted="MR/Enhanced MR/CT/Enhanced CT Image Storage",
+                )
+            )
+
+    def _on_echo(self, event: Event) -> int:
+        peer = Peer.of(event)
+        log.info(kv("echo", calling_ae=peer.calling_ae, peer=peer.address))
+        return SUCCESS
+
+    def _on_store(self, event: Event) -> int:
+        started = time.perf_counter()
+        peer = Peer.of(event)
+        dataset_bytes = event.request.DataSet.getbuffer()
+        transfer_syntax = str(event.context.transfer_syntax)
+        try:
+            record = record_for(read_header(dataset_bytes, transfer_syntax), event.request, peer, transfer_syntax)
+        except BadInstance as bad:
+            self._quarantine(bad, peer, event, dataset_bytes)
+            return bad.status
+        chunks = (_file_meta_bytes(event), dataset_bytes)
+        try:
+            with self.spool.instance_lock(record.sop_instance_uid):
+                stored = self.spool.store(
+                    record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid, chunks
+                )
+                try:
+                    self.writer.record(
+                        replace(record, path=stored.relative_path, size_bytes=stored.size_bytes, sha256=stored.sha256)
+                    )
+                except Exception:
+                    if stored.outcome == "created":  # keep the spool and the database telling the same story
+                        stored.path.unlink(missing_ok=True)
+                    raise
+        except Exception as error:  # PS3.4 B.2.3: A700 out of resources; never success without the file and row
+            log.error(
+                kv(
+                    "instance_not_stored",
+                    status="0xA700",
+                    sop_instance_uid=record.sop_instance_uid,
+                    study_uid=record.study_instance_uid,
+                    calling_ae=peer.calling_ae,
+                    peer=peer.address,
+                    error=_first_line(error),
+                )
+            )
+            return OUT_OF_RESOURCES
+        log.info(
+            kv(
+                "instance_stored",
+                study_uid=record.study_instance_uid,
+                series_uid=record.series_instance_uid,
+                sop_instance_uid=record.sop_instance_uid,
+                outcome=stored.outcome,
+                bytes=stored.size_bytes,
+                calling_ae=peer.calling_ae,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+        )
+        return SUCCESS
+
+    def _quarantine(self, bad: BadInstance, peer: Peer, event: Event, dataset_bytes: memoryview) -> None:
+        details = {
+            "status": f"0x{bad.status:04X}",
+            "calling_ae": peer.calling_ae,
+            "peer_address": peer.address,
+            "peer_port": peer.port,
+            "affected_sop_class_uid": str(event.request.AffectedSOPClassUID),
+            "affected_sop_instance_uid": str(event.request.AffectedSOPInstanceUID),
+            "transfer_syntax_uid": str(event.context.transfer_syntax),
+        }
+        try:
+            kept = self.spool.quarantine([dataset_bytes], reason=bad.reason, details=details)
+        except OSError as error:
+            kept = f"not kept: {error}"
+        log.warning(
+            kv(
+                "instance_refused",
+                status=details["status"],
+                reason=bad.reason,
+                calling_ae=peer.calling_ae,
+                peer=peer.address,
+                sop_instance_uid=details["affected_sop_instance_uid"],
+                quarantine=kept,
+            )
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    """The cause in one line (SQLAlchemy appends the whole statement and its parameters)."""
+    cause = getattr(error, "orig", None) or error
+    return f"{cause.__class__.__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+
+
+def _requestor_address(event: Event) -> tuple[str, int]:
+    info = event.assoc.requestor.address_info
+    return str(info.address), int(info.port)
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS when a certificate and key are configured; client certificates required when a CA is given."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("TLS needs both PLVI_TLS_CERT and PLVI_TLS_KEY (PEM files); set both or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=settings.tls_cert, keyfile=settings.tls_key)
+    if settings.tls_ca is not None:
+        context.load_verify_locations(cafile=settings.tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def start_listener(settings: Settings, engine: Engine) -> Listener:
+    """Start the listener in background threads and return at once; call `shutdown()` to stop it."""
+    listener = Listener(settings, engine)
+    listener.start()
+    return listener
