@@ -1,0 +1,77 @@
+"""L4 localisation on real sagittal T2 (manual truth) and slice choice by 3D geometry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REAL_DATA
+from tests.synthetic_series import AXIAL, tilted_axial
+from workers.analysis.geometry import Plane, angle_between_degrees, slice_geometry, unit
+from workers.analysis.slices import MAX_CAUDAL_MM, choose_axial_slice
+from workers.pipeline import MIN_LEVEL_CONFIDENCE, _find_level
+from workers.study_files import read_study_headers
+
+IVD_CASES = sorted(path.name for path in REAL_DATA.glob("ivd*-t2sag"))
+CRANIOCAUDAL_TOLERANCE_MM = 4.0
+ANGLE_TOLERANCE_DEGREES = 15.0
+
+
+def _endplate_errors(case: str) -> tuple[float, float, float]:
+    """(craniocaudal error mm, angle error degrees, confidence) of the L4 upper endplate found on a real case."""
+    reference = json.loads((REAL_DATA / case / "reference.json").read_text())["reference"]["l4_upper_endplate"]
+    study = read_study_headers([REAL_DATA / case / "dicom"])
+    finding = _find_level(study.series[0])
+    assert finding.upper_endplate_l4 is not None, f"{case}: {finding.reason}"
+    truth = Plane(np.array(reference["point_mm"]), unit(reference["normal"]))
+    error = float(np.dot(finding.upper_endplate_l4.point - truth.point, truth.normal))
+    return error, angle_between_degrees(finding.upper_endplate_l4.normal, truth.normal), finding.confidence
+
+
+@pytest.mark.skipif(not IVD_CASES, reason="the real sagittal cases are not on this machine")
+def test_l4_upper_endplate_is_found_on_real_sagittal_t2_and_a_wrong_level_is_never_confident() -> None:
+    rows = [(case, *_endplate_errors(case)) for case in IVD_CASES]
+    print("\ncase          craniocaudal_mm  angle_deg  confidence")
+    for case, error, angle, confidence in rows:
+        print(f"{case:13s} {error:+15.1f} {angle:10.1f} {confidence:11.2f}")
+    found = [row for row in rows if abs(row[1]) <= CRANIOCAUDAL_TOLERANCE_MM]
+    assert len(found) >= len(rows) - 1, "more than one real case missed L4"
+    assert all(angle <= ANGLE_TOLERANCE_DEGREES for _, _, angle, _ in found)
+    for case, error, _, confidence in rows:
+        if abs(error) > CRANIOCAUDAL_TOLERANCE_MM:
+            assert confidence < MIN_LEVEL_CONFIDENCE, f"{case}: wrong level ({error:+.0f} mm) reported confidently"
+
+
+def _stack(z_values: list[float], orientation: tuple[float, ...] = AXIAL) -> list:
+    """Axial slices 256x256 at 1 mm whose centres lie on the z axis at the given heights."""
+    slices = []
+    for z in z_values:
+        geometry = slice_geometry((0.0, 0.0, 0.0), orientation, (1.0, 1.0), 256, 256)
+        slices.append(slice_geometry(np.array([0.0, 0.0, z]) - (geometry.centre - geometry.position), orientation,
+                                     (1.0, 1.0), 256, 256))
+    return slices
+
+
+def test_the_slice_just_caudal_to_the_endplate_is_chosen_with_its_signed_distance() -> None:
+    endplate = Plane(np.array([0.0, 0.0, 10.0]), np.array([0.0, 0.0, 1.0]))
+    choice = choose_axial_slice(_stack([-2.0, 2.0, 7.0, 11.0, 14.0, 18.0]), endplate)
+    assert choice.index == 2
+    assert choice.slice_to_endplate_mm == pytest.approx(3.0)
+
+
+def test_an_angled_slice_is_placed_where_it_crosses_the_vertebral_body_not_where_its_field_of_view_is_centred() -> None:
+    # The endplate centre is 60 mm posterior of the image centre and the slices are tilted 5 degrees: one centred
+    # 3 mm above the endplate height crosses the vertebral body 2.25 mm below it, and the other way round.
+    endplate = Plane(np.array([0.0, 60.0, 0.0]), np.array([0.0, 0.0, 1.0]))
+    crossing_below = choose_axial_slice(_stack([3.0], tilted_axial(-5)), endplate)
+    assert crossing_below.slice_to_endplate_mm == pytest.approx(60 * np.tan(np.radians(5)) - 3.0, abs=0.01)
+    assert choose_axial_slice(_stack([-3.0], tilted_axial(5)), endplate).reason == "l4_not_covered"
+
+
+def test_no_slice_within_reach_below_the_endplate_is_l4_not_covered() -> None:
+    endplate = Plane(np.array([0.0, 0.0, 10.0]), np.array([0.0, 0.0, 1.0]))
+    assert choose_axial_slice(_stack([12.0, 16.0, 20.0]), endplate).reason == "l4_not_covered"
+    assert choose_axial_slice(_stack([10.0 - MAX_CAUDAL_MM - 1, 30.0]), endplate).reason == "l4_not_covered"
