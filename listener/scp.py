@@ -289,8 +289,10 @@ class Listener:
         refused = sorted({str(context.abstract_syntax.name) for context in event.assoc.rejected_contexts})
         log.info(kv("association_accepted", calling_ae=peer.calling_ae, peer=peer.address))
         if refused:
-            # Not negotiated, so never received: a PACS autorouting everything cannot fill our disk.
-            log.info(
+            # Not negotiated, so never received: a PACS autorouting everything cannot fill our disk. A warning when
+            # nothing the peer proposed was acceptable: then it is surely misconfigured.
+            log.log(
+                logging.INFO if event.assoc.accepted_contexts else logging.WARNING,
                 kv(
                     "sop_classes_not_accepted",
                     calling_ae=peer.calling_ae,
