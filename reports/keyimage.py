@@ -5,7 +5,6 @@ neither SR nor SEG, so everything needed to read the result is in the pixels."""
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Any
 
 import highdicom as hd
@@ -15,6 +14,7 @@ from pydicom import Dataset
 from pydicom.valuerep import DA, TM
 from skimage.segmentation import find_boundaries
 
+from reports.instance import NewInstance
 from reports.seg import STRUCTURES
 
 MIN_SHORT_SIDE = 512  # upscale small MR matrices so the burned-in text stays legible beside the anatomy
@@ -95,19 +95,12 @@ def build_key_image(
     result: dict[str, Any],
     masks: dict[str, np.ndarray],
     source: Dataset,
-    *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    algorithm_name: str,
-    algorithm_version: str,
-    manufacturer: str,
-    content_datetime: datetime,
+    instance: NewInstance,
 ) -> hd.sc.SCImage:
     """A Secondary Capture of `source` with the result burned in; patient and study are copied from `source`."""
     orientation = patient_orientation(source)
-    pixels = render_key_image(
-        source.pixel_array, masks, summary_lines(result, algorithm_name, algorithm_version), orientation
-    )
+    lines = summary_lines(result, instance.algorithm_name, instance.algorithm_version)
+    pixels = render_key_image(source.pixel_array, masks, lines, orientation)
     factor = pixels.shape[0] // int(source.Rows)
     spacing = [float(value) / factor for value in source.PixelSpacing]
     image = hd.sc.SCImage.from_ref_dataset(
@@ -116,27 +109,24 @@ def build_key_image(
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=series_instance_uid,
+        series_instance_uid=instance.series_instance_uid,
         series_number=9003,
-        sop_instance_uid=sop_instance_uid,
+        sop_instance_uid=instance.sop_instance_uid,
         instance_number=1,
-        manufacturer=manufacturer,
+        manufacturer=instance.manufacturer,
         pixel_spacing=(spacing[0], spacing[1]),
         patient_orientation=orientation,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         series_description="PLVI key image",
-        content_date=content_datetime.date(),
-        content_time=content_datetime.time(),
-        series_date=content_datetime.date(),
-        series_time=content_datetime.time(),
+        **instance.dates(),
     )
     # highdicom stamps the capture time with now(); the analysis time keeps a retry byte-identical.
-    image.DateOfSecondaryCapture = DA(content_datetime.date())
-    image.TimeOfSecondaryCapture = TM(content_datetime.time())
+    image.DateOfSecondaryCapture = DA(instance.content_datetime.date())
+    image.TimeOfSecondaryCapture = TM(instance.content_datetime.time())
     image.BurnedInAnnotation = "YES"
     # General Series Laterality is Type 2C. dciodvfy reports it missing as an error when absent, and present but
     # empty only as a warning ("should be absent if an unpaired body part"): the lumbar spine is unpaired, and an
     # empty value says so without an error.
     image.Laterality = None
-    image.ImageComments = " | ".join(summary_lines(result, algorithm_name, algorithm_version))[:10240]
+    image.ImageComments = " | ".join(lines)[:10240]
     return image

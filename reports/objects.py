@@ -30,6 +30,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.valuerep import DA, DT, TM
 
+from reports.instance import NewInstance
 from reports.keyimage import build_key_image
 from reports.seg import STRUCTURES, build_segmentation
 from reports.sr import build_sr
@@ -94,38 +95,22 @@ def build_result_objects(
     def uid(kind: str) -> str:
         return derived_uid(study_uid, identity, algorithm_version, kind)
 
-    common = dict(
-        algorithm_name=ALGORITHM_NAME,
-        algorithm_version=algorithm_version,
-        manufacturer=MANUFACTURER,
-        content_datetime=moment,
-    )
+    def new_instance(kind: str) -> NewInstance:
+        return NewInstance(uid(f"{kind}-series"), uid(kind), ALGORITHM_NAME, algorithm_version, MANUFACTURER, moment)
+
     has_masks = bool(masks) and all(masks.get(s.mask_key) is not None for s in STRUCTURES)
-    segmentation = None
-    if has_masks:
-        segmentation = build_segmentation(
-            source, masks, series_instance_uid=uid("seg-series"), sop_instance_uid=uid("seg"), **common
-        )
+    segmentation = build_segmentation(source, masks, new_instance("seg")) if has_masks else None
     sr = build_sr(
         result,
         source,
         segmentation=segmentation,
-        series_instance_uid=uid("sr-series"),
-        sop_instance_uid=uid("sr"),
+        instance=new_instance("sr"),
         tracking_uids={key: uid(f"tracking-{key}") for key in [s.mask_key for s in STRUCTURES] + ["plvi"]},
         device_uid=derived_uid(ALGORITHM_NAME, algorithm_version),
-        **common,
     )
     key_image = None
     if "PixelData" in source:
-        key_image = build_key_image(
-            result,
-            masks if has_masks else {},
-            source,
-            series_instance_uid=uid("keyimage-series"),
-            sop_instance_uid=uid("keyimage"),
-            **common,
-        )
+        key_image = build_key_image(result, masks if has_masks else {}, source, new_instance("keyimage"))
     for kind, dataset in (("sr", sr), ("seg", segmentation), ("keyimage", key_image)):
         if dataset is not None:
             _pin_generated_values(dataset, moment, uid(f"{kind}-dimension-organization"))
@@ -145,22 +130,31 @@ def _pin_generated_values(dataset: Dataset, moment: datetime, dimension_organiza
 
 
 def write_result_objects(objects: ResultObjects, results_dir: Path) -> list[Path]:
-    """Write each object to `<results_dir>/<StudyUID>/<SOPInstanceUID>.dcm` durably (temp file, fsync, rename).
+    """Write each object to `<results_dir>/<StudyUID>/<SOPInstanceUID>.dcm` durably, for the sender.
 
     Rewriting identical objects is harmless: the same UIDs name the same bytes."""
-    paths = []
-    for dataset in objects.datasets():
-        folder = results_dir / str(dataset.StudyInstanceUID)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{dataset.SOPInstanceUID}.dcm"
-        temporary = path.with_suffix(".tmp")
-        dataset.save_as(temporary, enforce_file_format=True)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        _fsync_directory(folder)
-        paths.append(path)
-    return paths
+    return [
+        write_durably(dataset, results_dir / str(dataset.StudyInstanceUID) / f"{dataset.SOPInstanceUID}.dcm")
+        for dataset in objects.datasets()
+    ]
+
+
+def write_named_files(objects: ResultObjects, folder: Path) -> list[Path]:
+    """Write `sr.dcm`, `seg.dcm` and `keyimage.dcm` (those that exist) into `folder`, for `plvi analyze --out`."""
+    named = (("sr.dcm", objects.sr), ("seg.dcm", objects.seg), ("keyimage.dcm", objects.key_image))
+    return [write_durably(dataset, folder / name) for name, dataset in named if dataset is not None]
+
+
+def write_durably(dataset: Dataset, path: Path) -> Path:
+    """Part 10 file via a temporary file, fsync and rename, so a crash never leaves half an object."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    dataset.save_as(temporary, enforce_file_format=True)
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+    return path
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from datetime import datetime
 
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 
 from reports import codes
+from reports.instance import NewInstance
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,7 @@ def segment_number(mask_key: str) -> int:
 def build_segmentation(
     source: Dataset,
     masks: dict[str, np.ndarray],
-    *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    algorithm_name: str,
-    algorithm_version: str,
-    manufacturer: str,
-    content_datetime: datetime,
+    instance: NewInstance,
 ) -> hd.seg.Segmentation:
     """A BINARY Segmentation of `source` (one single-frame image) with one frame per structure, in segment order.
 
@@ -61,8 +55,8 @@ def build_segmentation(
         The measured slice, with its pixel data (highdicom copies geometry and patient/study from it).
     masks:
         Boolean arrays of the source's (Rows, Columns) shape under the keys `psoas_left`, `psoas_right`, `vertebra`.
-    content_datetime:
-        The analysis time; written as content and series date/time so that a retry is byte-identical.
+    instance:
+        UIDs, algorithm and analysis time of the new object.
 
     Returns
     -------
@@ -81,7 +75,7 @@ def build_segmentation(
     # (frames, rows, columns, segments): one source frame, the last axis in segment-number order.
     pixel_array = np.stack([masks[s.mask_key] for s in STRUCTURES], axis=-1)[np.newaxis].astype(np.uint8)
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=algorithm_name, family=codes.ALGORITHM_FAMILY, version=algorithm_version
+        name=instance.algorithm_name, family=codes.ALGORITHM_FAMILY, version=instance.algorithm_version
     )
     descriptions = []
     for number, structure in enumerate(STRUCTURES, start=1):
@@ -107,21 +101,18 @@ def build_segmentation(
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=series_instance_uid,
+        series_instance_uid=instance.series_instance_uid,
         series_number=9002,
-        sop_instance_uid=sop_instance_uid,
+        sop_instance_uid=instance.sop_instance_uid,
         instance_number=1,
-        manufacturer=manufacturer,
-        manufacturer_model_name=algorithm_name,
-        software_versions=algorithm_version,
+        manufacturer=instance.manufacturer,
+        manufacturer_model_name=instance.algorithm_name,
+        software_versions=instance.algorithm_version,
         device_serial_number="1",
         omit_empty_frames=False,
         content_label="PLVI",
         content_description="Psoas and L4 vertebral body on the PLVI slice",
         series_description="PLVI segmentation",
         coding_schemes=[codes.coding_scheme_identification()],
-        content_date=content_datetime.date(),
-        content_time=content_datetime.time(),
-        series_date=content_datetime.date(),
-        series_time=content_datetime.time(),
+        **instance.dates(),
     )

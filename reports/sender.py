@@ -32,6 +32,7 @@ from plvi.db import session_scope
 from plvi.logs import kv
 from plvi.models import OutboxMessage, utcnow
 from plvi.settings import Settings
+from reports.objects import ResultObjects, write_result_objects
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,14 @@ def enqueue_delivery(session: Session, objects: Sequence[Path], destinations: Se
             added += 1
     session.flush()
     return added
+
+
+def queue_result_objects(session: Session, settings: Settings, objects: ResultObjects) -> list[Path]:
+    """Write an analysis' objects under `<data_dir>/results` and queue them for every `PLVI_PACS` destination in
+    the caller's transaction (the worker's, which also stores the analysis); returns the files."""
+    paths = write_result_objects(objects, settings.results_dir)
+    enqueue_delivery(session, paths, settings.pacs)
+    return paths
 
 
 def deliver_pending(settings: Settings, engine: Engine) -> int:

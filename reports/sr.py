@@ -14,13 +14,13 @@ the study was screened and why it has no number.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import highdicom as hd
 from pydicom import Dataset
 
 from reports import codes
+from reports.instance import NewInstance
 from reports.seg import STRUCTURES, Structure
 
 
@@ -29,14 +29,9 @@ def build_sr(
     source: Dataset,
     *,
     segmentation: hd.seg.Segmentation | None,
-    series_instance_uid: str,
-    sop_instance_uid: str,
+    instance: NewInstance,
     tracking_uids: dict[str, str],
     device_uid: str,
-    algorithm_name: str,
-    algorithm_version: str,
-    manufacturer: str,
-    content_datetime: datetime,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the SR for `result` (DESIGN.md's result object).
 
@@ -51,7 +46,7 @@ def build_sr(
         A UID per tracking identifier (`psoas_left`, `psoas_right`, `vertebra`, `plvi`), derived by the caller so
         that a retry produces the same SR.
     """
-    algorithm = hd.sr.AlgorithmIdentification(name=algorithm_name, version=algorithm_version)
+    algorithm = hd.sr.AlgorithmIdentification(name=instance.algorithm_name, version=instance.algorithm_version)
     measured_slice = _is_measured_slice(result, source)
     groups: list[Any] = []
     for number, structure in enumerate(STRUCTURES, start=1):
@@ -68,7 +63,10 @@ def build_sr(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DEVICE_OBSERVER,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid, name=algorithm_name, manufacturer_name=manufacturer, model_name=algorithm_version
+            uid=device_uid,
+            name=instance.algorithm_name,
+            manufacturer_name=instance.manufacturer,
+            model_name=instance.algorithm_version,
         ),
     )
     report = hd.sr.MeasurementReport(
@@ -80,18 +78,15 @@ def build_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
-        series_instance_uid=series_instance_uid,
+        series_instance_uid=instance.series_instance_uid,
         series_number=9001,
-        sop_instance_uid=sop_instance_uid,
+        sop_instance_uid=instance.sop_instance_uid,
         instance_number=1,
-        manufacturer=manufacturer,
+        manufacturer=instance.manufacturer,
         is_complete=True,
         series_description="PLVI report",
         coding_schemes=[codes.coding_scheme_identification()],
-        content_date=content_datetime.date(),
-        content_time=content_datetime.time(),
-        series_date=content_datetime.date(),
-        series_time=content_datetime.time(),
+        **instance.dates(),
     )
     _reference_segments_by_number(sr)
     return sr

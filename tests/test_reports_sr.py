@@ -6,10 +6,11 @@ from datetime import datetime
 from pathlib import Path
 
 import highdicom as hd
+import pydicom
 import pytest
 
 from reports import codes
-from reports.objects import build_result_objects, write_result_objects
+from reports.objects import build_result_objects, write_named_files, write_result_objects
 from tests.plvi_result_case import dciodvfy, not_measurable, real_slice_case
 
 ANALYSED_AT = datetime(2026, 12, 1, 18, 30, 5)
@@ -129,3 +130,25 @@ def test_a_reanalysis_gets_new_instance_and_series_uids(case):
             assert after.SOPInstanceUID != before.SOPInstanceUID
             assert after.SeriesInstanceUID != before.SeriesInstanceUID
             assert after.StudyInstanceUID == before.StudyInstanceUID
+
+
+def test_needs_review_keeps_the_numbers_and_says_why(case, tmp_path):
+    source, masks, result = case
+    review = result | {"status": "needs_review", "reason": "asymmetric_psoas",
+                       "reason_text": "Left and right psoas areas differ by more than expected."}
+    report = read_sr(build(review, masks, source), tmp_path).content
+    assert len(report.get_planar_roi_measurement_groups()) == 3
+    (outcome,) = report.get_image_measurement_groups()
+    evaluations = {q.name.value: q.value for q in outcome.get_qualitative_evaluations()}
+    assert evaluations["STATUS"].value == "needs_review"
+    assert (evaluations["STATUS-REASON"].value, evaluations["STATUS-REASON"].meaning) == (
+        "asymmetric_psoas", review["reason_text"])
+
+
+def test_analyze_out_names_the_files_sr_seg_and_keyimage(case, tmp_path):
+    source, masks, result = case
+    paths = write_named_files(build(result, masks, source), tmp_path)
+    assert [p.name for p in paths] == ["sr.dcm", "seg.dcm", "keyimage.dcm"]
+    assert [pydicom.dcmread(p).Modality for p in paths] == ["SR", "SEG", "OT"]
+    unmeasured = write_named_files(build(not_measurable(result), {}, source), tmp_path / "unmeasured")
+    assert [p.name for p in unmeasured] == ["sr.dcm", "keyimage.dcm"]

@@ -20,8 +20,15 @@ from sqlmodel import select
 from plvi.db import make_engine, session_scope
 from plvi.models import OutboxMessage
 from plvi.settings import Settings
-from reports.objects import build_result_objects, write_result_objects
-from reports.sender import STORE, Destination, deliver_pending, enqueue_delivery, open_association
+from reports.objects import ResultObjects, build_result_objects, write_result_objects
+from reports.sender import (
+    STORE,
+    Destination,
+    deliver_pending,
+    enqueue_delivery,
+    open_association,
+    queue_result_objects,
+)
 from tests.conftest import free_port
 from tests.peers.orthanc import run_orthanc
 from tests.plvi_result_case import CASE, INSTANCE, real_slice_case
@@ -58,13 +65,16 @@ def case():
     return real_slice_case()
 
 
-def result_files(case, settings: Settings, instance_set_hash: str = "e" * 64) -> list[Path]:
+def result_objects(case, instance_set_hash: str = "e" * 64) -> ResultObjects:
     source, masks, result = case
-    objects = build_result_objects(
+    return build_result_objects(
         result, masks, source, algorithm_version="0.1.0", instance_set_hash=instance_set_hash,
         analysed_at=datetime(2026, 12, 1, 18, 0, 0),
     )
-    return write_result_objects(objects, settings.results_dir)
+
+
+def result_files(case, settings: Settings, instance_set_hash: str = "e" * 64) -> list[Path]:
+    return write_result_objects(result_objects(case, instance_set_hash), settings.results_dir)
 
 
 def store_rows(engine) -> list[OutboxMessage]:
@@ -114,11 +124,12 @@ def orthanc_sop_uids(orthanc) -> list[str]:
 
 def test_results_arrive_once_in_the_source_study_with_their_numbers(case, sender_settings, engine, tmp_path):
     source, _, result = case
-    paths = result_files(case, sender_settings)
     with run_orthanc(tmp_path / "orthanc") as orthanc:
         orthanc.post("/instances", (CASE / "dicom" / f"IM-0001-{INSTANCE:04d}.dcm").read_bytes())
+        settings = sender_settings.model_copy(update={"pacs": [orthanc_destination(orthanc)]})
         with session_scope(engine) as session:
-            assert enqueue_delivery(session, paths, [orthanc_destination(orthanc)]) == 3
+            paths = queue_result_objects(session, settings, result_objects(case))
+        assert [p.parent for p in paths] == [settings.results_dir / source.StudyInstanceUID] * 3
         assert deliver_pending(sender_settings, engine) == 3
         assert deliver_pending(sender_settings, engine) == 0
 
