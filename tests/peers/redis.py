@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from tests.peers.dcmtk import wait_for_port
+from tests.peers.processes import stop_process, wait_for_port
 
 
 class RedisServer:
@@ -56,15 +56,8 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM: redis-server flushes its append-only file and exits."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=10)
         self.process = None
 
     def client(self) -> redis.Redis:

@@ -1,0 +1,200 @@
+"""`plvi serve` as an operator runs it: a process tree configured by PLVI_ variables, fed by dcmtk's storescu.
+
+Every instance sent is in the spool and the database, the study is queued exactly once after it settles and a real
+worker records it; a broker outage or a SIGKILL between storing and dispatching delays the study, never loses it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, func, select
+
+from plvi.db import make_engine
+from plvi.models import Analysis, Instance, OutboxMessage, Study
+from tests.conftest import free_port
+from tests.dicom_factory import write_mr_study
+from tests.peers.dcmtk import echoscu, storescu
+from tests.peers.processes import stop_process, wait_for_port
+from tests.peers.redis import run_redis
+from tests.test_queue import wait_for
+
+SERIES, INSTANCES_PER_SERIES = 3, 4
+
+
+class Serve:
+    """One `plvi serve` process tree, started from the command line with its configuration in PLVI_ variables."""
+
+    def __init__(self, work_dir: Path, database_url: str, **variables: object) -> None:
+        self.work_dir = work_dir
+        self.port = free_port()
+        self.environment = {
+            **os.environ,
+            "PLVI_DATA_DIR": str(work_dir / "var"),
+            "PLVI_DATABASE_URL": database_url,
+            "PLVI_PORT": str(self.port),
+            "PLVI_HTTP_PORT": str(free_port()),
+            "PLVI_FREE_SPACE_RESERVE_MB": "0",
+            "PLVI_SETTLE_SECONDS": "1",
+            "PLVI_TRACKER_INTERVAL_SECONDS": "0.2",
+            "PLVI_SERVE_WORKERS": "1",
+            **{f"PLVI_{name.upper()}": str(value) for name, value in variables.items()},
+        }
+        self.process: subprocess.Popen | None = None
+        self.output_path = work_dir / "serve.log"
+
+    def start(self, **variables: object) -> None:
+        environment = self.environment | {f"PLVI_{name.upper()}": str(value) for name, value in variables.items()}
+        with self.output_path.open("ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from plvi.cli import app; app()", "serve"],
+                cwd=self.work_dir,  # no plvi.env from elsewhere
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, self.process, timeout=60)
+
+    def children(self) -> list[int]:
+        assert self.process is not None
+        task_dir = Path(f"/proc/{self.process.pid}/task")
+        return [int(pid) for task in task_dir.iterdir() for pid in (task / "children").read_text().split()]
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # exited; a zombie waits only for its (dead) parent's reaper
+
+
+@pytest.fixture
+def serve(tmp_path: Path, database_url: str) -> Iterator[Serve]:
+    service = Serve(tmp_path, database_url)
+    yield service
+    if service.process is not None:
+        stop_process(service.process, timeout=60)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def study_files(tmp_path: Path) -> list[Path]:
+    return write_mr_study(tmp_path / "study", series=SERIES, instances_per_series=INSTANCES_PER_SERIES, rows=32, cols=32)
+
+
+def count(engine: Engine, model: type) -> int:
+    with Session(engine) as session:
+        return session.exec(select(func.count()).select_from(model)).one()
+
+
+def outbox_rows(engine: Engine) -> list[OutboxMessage]:
+    with Session(engine) as session:
+        return list(session.exec(select(OutboxMessage)).all())
+
+
+def analyses(engine: Engine) -> list[Analysis]:
+    with Session(engine) as session:
+        return list(session.exec(select(Analysis)).all())
+
+
+def send(serve: Serve, study_files: list[Path]) -> None:
+    sent = storescu(serve.port, [study_files[0].parent.parent])
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+
+def assert_recorded_once(engine: Engine, study_files: list[Path]) -> None:
+    study_uid = pydicom.dcmread(study_files[0], stop_before_pixels=True).StudyInstanceUID
+    wait_for(lambda: analyses(engine), timeout=60, what="the study recorded by a worker")
+    [message] = outbox_rows(engine)
+    [analysis] = analyses(engine)
+    assert message.key.startswith(f"analyze_study:{study_uid}:")
+    wait_for(lambda: outbox_rows(engine)[0].state == "done", timeout=10, what="the outbox row marked done")
+    assert analysis.study_instance_uid == study_uid
+    assert [s["instances"] for s in analysis.result["series"]] == [INSTANCES_PER_SERIES] * SERIES
+    with Session(engine) as session:
+        assert session.exec(select(Study)).one().state == "settled"
+
+
+def test_serve_stores_a_multi_series_study_and_queues_it_once_after_it_settles(
+    serve: Serve, engine: Engine, study_files: list[Path]
+) -> None:
+    serve.start()
+    wait_for(lambda: "storescu -aec" in serve.output(), what="the banner")
+    assert f"storescu -aec PLVI +sd +r +sp '*.dcm' localhost {serve.port} path/to/study/" in serve.output()
+    assert echoscu(serve.port).returncode == 0
+
+    send(serve, study_files)
+
+    for path in study_files:
+        sent = pydicom.dcmread(path)
+        stored = Path(serve.environment["PLVI_DATA_DIR"], "spool", sent.StudyInstanceUID, sent.SeriesInstanceUID,
+                      f"{sent.SOPInstanceUID}.dcm")  # fmt: skip
+        received = pydicom.dcmread(stored)
+        assert received.SOPInstanceUID == sent.SOPInstanceUID
+        assert received.PixelData == sent.PixelData
+    assert count(engine, Instance) == len(study_files)
+
+    assert_recorded_once(engine, study_files)
+    assert serve.output().count("study_settled") == 1
+    assert "scheduled_job_failed" not in serve.output()
+
+
+def test_serve_stops_its_workers_on_sigterm(serve: Serve) -> None:
+    serve.start()
+    workers = wait_for(serve.children, what="a worker child process")
+    assert serve.process is not None
+    serve.process.send_signal(signal.SIGTERM)
+    assert serve.process.wait(timeout=60) == 0
+    assert all(wait_for(lambda pid=pid: process_gone(pid), timeout=30, what="worker exit") for pid in workers)
+
+
+def test_study_stored_before_a_sigkill_is_dispatched_once_after_restart(
+    serve: Serve, engine: Engine, study_files: list[Path]
+) -> None:
+    serve.start(settle_seconds=3600)
+    workers = wait_for(serve.children, what="a worker child process")
+    send(serve, study_files)
+    assert count(engine, Instance) == len(study_files)
+    assert outbox_rows(engine) == []
+
+    assert serve.process is not None
+    serve.process.kill()
+    serve.process.wait()
+    assert all(wait_for(lambda pid=pid: process_gone(pid), timeout=30, what="orphan worker exit") for pid in workers)
+
+    serve.start(settle_seconds=1)
+    assert_recorded_once(engine, study_files)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_study_sent_while_redis_is_down_is_stored_and_queued_when_redis_returns(
+    serve: Serve, engine: Engine, study_files: list[Path], tmp_path: Path
+) -> None:
+    with run_redis(free_port(), tmp_path / "redis") as redis_server:
+        redis_server.stop()
+        serve.start(broker_url=redis_server.url, publish_retry_max_seconds=1)
+
+        send(serve, study_files)
+        assert count(engine, Instance) == len(study_files)
+        wait_for(lambda: [m for m in outbox_rows(engine) if m.attempts >= 1], what="a failed publication attempt")
+        assert outbox_rows(engine)[0].state == "pending"
+
+        redis_server.start()
+        assert_recorded_once(engine, study_files)
