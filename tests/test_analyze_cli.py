@@ -33,7 +33,7 @@ def test_json_output_is_only_the_result_object_on_stdout(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(not (REAL_DATA / "ivd20-t2sag").exists(), reason="real sagittal case missing")
-def test_out_writes_the_result_the_overlay_and_the_masks_of_the_chosen_slice(tmp_path: Path) -> None:
+def test_out_writes_the_result_the_overlay_the_masks_and_the_dicom_objects_of_the_chosen_slice(tmp_path: Path) -> None:
     folder, _ = _ivd_study_with_axial(tmp_path, "ivd20-t2sag", list(np.arange(-60.0, 20.0, 4.0)))
     out = tmp_path / "out"
     completed = run_analyze(folder, "--json", "--out", out, cwd=tmp_path)
@@ -44,6 +44,7 @@ def test_out_writes_the_result_the_overlay_and_the_masks_of_the_chosen_slice(tmp
         assert set(masks.files) == {"psoas_left", "psoas_right", "vertebra"}
         assert all(masks[name].dtype == bool and masks[name].shape == (128, 128) for name in masks.files)
     assert Image.open(out / "overlay.png").size == (128, 128)
+    assert {"sr.dcm", "seg.dcm", "keyimage.dcm"} <= {path.name for path in out.iterdir()}
 
 
 def test_human_readable_output_states_the_status_and_the_reason(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from plvi.settings import Settings
-from workers.pipeline import StudyAnalysis, analyze_paths
-from workers.study_files import StudyFilesError
+from reports.objects import build_result_objects, write_named_files
+from workers.pipeline import ALGORITHM_VERSION, StudyAnalysis, analyze_paths
+from workers.study_files import StudyFilesError, read_dataset
 
 # Outline colours on the overlay: the patient's left psoas, right psoas, and the L4 body.
 OUTLINE_COLOURS = {"psoas_left": (255, 80, 80), "psoas_right": (80, 160, 255), "vertebra": (255, 220, 0)}
@@ -34,17 +35,24 @@ def analyze_command(paths: list[Path], settings: Settings, json_output: bool, ou
     else:
         print(_summary(analysis.result))
         if out is not None:
-            print(f"written to {out}/: result.json" + (", overlay.png, masks.npz" if analysis.masks else ""))
+            print(f"written to {out}/: " + ", ".join(sorted(path.name for path in out.iterdir())))
     return 0
 
 
 def write_outputs(analysis: StudyAnalysis, out: Path, result_json: str) -> None:
-    """result.json always; overlay.png and masks.npz when a slice was segmented."""
+    """result.json and the SR always (a study that was not measurable is still reported as screened); overlay.png,
+    masks.npz, the SEG and the key image when a slice was segmented."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(result_json + "\n")
     if analysis.masks and analysis.image is not None:
         np.savez_compressed(out / "masks.npz", **analysis.masks)
         overlay_image(analysis.image, analysis.masks).save(out / "overlay.png")
+    source_path = analysis.source_path or analysis.study_image_path
+    if source_path is not None:
+        objects = build_result_objects(
+            analysis.result, analysis.masks, read_dataset(source_path), algorithm_version=ALGORITHM_VERSION
+        )
+        write_named_files(objects, out)
 
 
 def overlay_image(image: np.ndarray, masks: dict[str, np.ndarray]) -> Image.Image:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from plvi import __version__
 from workers.analysis.geometry import (
     PATIENT_LEFT,
     PATIENT_POSTERIOR,
@@ -31,6 +32,7 @@ from workers.analysis.series import AxialSlice, InstanceHeader, SeriesChoice, Se
 from workers.analysis.slices import choose_axial_slice
 from workers.study_files import load_image, load_volume, read_study_headers
 
+ALGORITHM_VERSION = __version__
 # Below this the level is reported but the number goes to a human: an off-by-one level is the costliest error.
 MIN_LEVEL_CONFIDENCE = 0.5
 # BodyPartExamined values (PS3.16 CID 4031 and vendor habits) that say the study is not of the lumbar spine.
@@ -56,12 +58,15 @@ REASON_TEXT = {
 
 @dataclass
 class StudyAnalysis:
-    """The result object (DESIGN.md, every key), the masks on the chosen slice, and that slice's file and pixels."""
+    """The result object (DESIGN.md, every key), the masks on the chosen slice, and that slice's file and pixels.
+
+    `study_image_path` is some image of the study, the source for an SR that says a study was not measurable."""
 
     result: dict[str, Any]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     source_path: Path | None = None
     image: np.ndarray | None = None
+    study_image_path: Path | None = None
 
 
 def empty_result(study_uid: str, cutoff: float) -> dict[str, Any]:
@@ -82,6 +87,7 @@ def empty_result(study_uid: str, cutoff: float) -> dict[str, Any]:
         "level": None,
         "qc": {},
         "timings_ms": {},
+        "algorithm_version": ALGORITHM_VERSION,
     }
 
 
@@ -129,7 +135,9 @@ def analyze_paths(paths: Sequence[Path], cutoff: float) -> StudyAnalysis:
     timer = _Timer(timings)
     with timer.step("read_headers"):
         study = read_study_headers(paths)
-    analysis = StudyAnalysis(result=empty_result(study.study_instance_uid, cutoff))
+    analysis = StudyAnalysis(
+        result=empty_result(study.study_instance_uid, cutoff), study_image_path=study.series[0].instances[0].path
+    )
     try:
         _analyze(study.series, analysis, timer, cutoff)
     finally:
