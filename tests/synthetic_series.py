@@ -63,6 +63,15 @@ def write_series(
         ds.Modality = modality
         ds.PatientID = "TEST-SYNTHETIC"
         ds.PatientName = "Test^Synthetic"
+        ds.PatientBirthDate = "19500101"
+        ds.PatientSex = "F"
+        ds.StudyDate = ds.SeriesDate = "20260101"
+        ds.StudyTime = ds.SeriesTime = "120000"
+        ds.StudyID = "1"
+        ds.AccessionNumber = "ACC-SYNTHETIC"
+        ds.ReferringPhysicianName = ""
+        ds.SeriesNumber = 1
+        ds.Manufacturer = "synthetic"
         ds.SeriesDescription = description
         ds.BodyPartExamined = body_part
         ds.ImageType = list(image_type)
