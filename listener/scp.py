@@ -217,8 +217,8 @@ class Listener:
         self.policy = AccessPolicy.from_settings(settings)
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.max_associations
-        # Large PDUs: fewer Python round trips per instance; peers send up to this size.
-        self.ae.maximum_pdu_size = 0
+        # Large PDUs mean fewer Python round trips per instance; bounded, because peers send up to this size.
+        self.ae.maximum_pdu_size = 1024 * 1024
         self.ae.add_supported_context(Verification)
         for sop_class in STORAGE_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
@@ -308,20 +308,26 @@ class Listener:
         return SUCCESS
 
     def _on_store(self, event: Event) -> int:
+        # A view of pynetdicom's receive buffer: the data set is never copied, decoded or re-encoded.
+        with event.request.DataSet.getbuffer() as dataset_bytes:
+            return self._store(event, dataset_bytes)
+
+    def _store(self, event: Event, dataset_bytes: memoryview) -> int:
         started = time.perf_counter()
         peer = Peer.of(event)
-        dataset_bytes = event.request.DataSet.getbuffer()
         transfer_syntax = str(event.context.transfer_syntax)
         try:
             record = record_for(read_header(dataset_bytes, transfer_syntax), event.request, peer, transfer_syntax)
         except BadInstance as bad:
             self._quarantine(bad, peer, event, dataset_bytes)
             return bad.status
-        chunks = (_file_meta_bytes(event), dataset_bytes)
         try:
             with self.spool.instance_lock(record.sop_instance_uid):
                 stored = self.spool.store(
-                    record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid, chunks
+                    record.study_instance_uid,
+                    record.series_instance_uid,
+                    record.sop_instance_uid,
+                    (_file_meta_bytes(event), dataset_bytes),
                 )
                 try:
                     self.writer.record(

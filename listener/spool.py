@@ -139,6 +139,7 @@ class Spool:
         now = datetime.now(timezone.utc)
         stem = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}"
         target = self.quarantine_dir / f"{stem}.bin"
+        self.check_room(sum(len(chunk) for chunk in chunks))  # a peer sending garbage must not fill the disk
         self._ensure_dir(self.quarantine_dir)
         self._write_durably(target, chunks)
         note = {"reason": reason, "received_at": now.isoformat(), "size_bytes": sum(map(len, chunks)), **details}

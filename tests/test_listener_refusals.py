@@ -210,3 +210,18 @@ def test_free_space_below_the_reserve_answers_out_of_resources_and_leaves_nothin
     assert not [path for path in settings.spool_dir.rglob("*") if path.is_file()], "something was written"
     assert not rows(sqlite_url, Instance)
 
+
+
+def test_write_failure_answers_out_of_resources_and_the_next_study_is_stored(
+    settings: Settings, sqlite_url: str, tmp_path: Path
+) -> None:
+    (blocked,) = write_mr_study(tmp_path / "blocked", series=1, instances_per_series=1, seed=1)
+    (fine,) = write_mr_study(tmp_path / "fine", series=1, instances_per_series=1, seed=2)
+    with running_listener(settings, sqlite_url):
+        # A file where the study's folder must go: mkdir fails as on a read-only or broken disk.
+        settings.spool_dir.joinpath(dcmread(blocked).StudyInstanceUID).write_bytes(b"")
+        refused = storescu(settings.port, [blocked], extra_args=["-v"])
+        assert_sent(storescu(settings.port, [fine]))
+    assert "Received Store Response (Refused: OutOfResources)" in refused.stderr
+    assert [row.sop_instance_uid for row in rows(sqlite_url, Instance)] == [dcmread(fine).SOPInstanceUID]
+    assert not list(settings.spool_dir.joinpath(".incoming").iterdir())
