@@ -134,13 +134,16 @@ def send_raw(port: int, path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
         association.release()
 
 
-def encoded(path: Path, *, without: str | None = None) -> bytes:
-    """The data set bytes of `path`, optionally with one attribute removed."""
-    if without is None:
+def encoded(path: Path, *, without: str | None = None, **changes: str) -> bytes:
+    """The data set bytes of `path`, optionally with one attribute removed or some changed."""
+    if without is None and not changes:
         return data_set_bytes(path)
     dataset = dcmread(path)
-    delattr(dataset, without)
-    changed = path.with_name(f"without-{without}.dcm")
+    if without:
+        delattr(dataset, without)
+    for keyword, value in changes.items():
+        setattr(dataset, keyword, value)
+    changed = path.with_name("changed.dcm")
     dataset.save_as(changed)
     return data_set_bytes(changed)
 
@@ -164,6 +167,9 @@ def test_bad_data_sets_are_refused_and_quarantined_and_the_listener_keeps_servin
         "no SOP Instance UID": (encoded(template, without="SOPInstanceUID"), generate_uid(), MISSING_UID),
         "truncated": (complete[: len(complete) * 2 // 3], dcmread(template).SOPInstanceUID, CANNOT_PARSE),
         "UID differs from request": (complete, generate_uid(), SOP_INSTANCE_UID_MISMATCH),
+        "UID that walks out of the spool": (
+            encoded(template, StudyInstanceUID="../../../escaped"), dcmread(template).SOPInstanceUID, MISSING_UID
+        ),
     }
     with running_listener(settings, sqlite_url):
         statuses = {
@@ -181,6 +187,7 @@ def test_bad_data_sets_are_refused_and_quarantined_and_the_listener_keeps_servin
         assert note["status"] == f"0x{expected:04X}" and note["reason"]
     assert [row.sop_instance_uid for row in rows(sqlite_url, Instance)] == [dcmread(good).SOPInstanceUID]
     assert len(list(settings.spool_dir.rglob("*.dcm"))) == 1
+    assert not list(settings.data_dir.parent.rglob("escaped*"))
 
 
 def test_unsupported_sop_class_is_not_accepted_and_logged(

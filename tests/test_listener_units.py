@@ -1,0 +1,101 @@
+"""The listener's parts without a network: who may associate, and how the spool writes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from listener.access import (
+    DIAGNOSTIC_CALLING_AE_NOT_RECOGNIZED,
+    DIAGNOSTIC_NO_REASON_GIVEN,
+    AccessPolicy,
+)
+from listener.spool import OutOfSpace, Spool, is_safe_uid
+from plvi.settings import Settings
+
+
+def policy(aes: list[str], networks: list[str]) -> AccessPolicy:
+    return AccessPolicy.from_settings(Settings(_env_file=None, allowed_calling_aes=aes, allowed_networks=networks))
+
+
+def test_empty_allow_lists_accept_every_peer_and_say_so() -> None:
+    everyone = policy([], [])
+    assert everyone.check("ANYONE", "203.0.113.9") is None
+    assert "any calling AE title" in everyone.describe()
+
+
+def test_either_the_ae_title_or_the_network_admits_a_peer() -> None:
+    both = policy(["PACS"], ["10.1.0.0/16"])
+    assert both.check("PACS", "198.51.100.1") is None
+    assert both.check("PACS_QR", "10.1.2.3") is None
+    assert both.check("PACS_QR", "::ffff:10.1.2.3") is None, "dual-stack sockets show IPv4 peers as mapped IPv6"
+    rejection = both.check("PACS_QR", "198.51.100.1")
+    assert rejection is not None and rejection.diagnostic == DIAGNOSTIC_CALLING_AE_NOT_RECOGNIZED
+
+
+def test_network_only_policy_rejects_without_blaming_the_ae_title() -> None:
+    rejection = policy([], ["10.0.0.0/8"]).check("MODALITY", "192.0.2.1")
+    assert rejection is not None and rejection.diagnostic == DIAGNOSTIC_NO_REASON_GIVEN
+    assert "192.0.2.1" in rejection.reason
+
+
+@pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.4", "1.2.3.04"])
+def test_dicom_uids_are_safe_path_components(uid: str) -> None:
+    assert is_safe_uid(uid)
+
+
+@pytest.mark.parametrize("uid", ["", "..", "../1.2", "1.2/3", "1.2.3\x00", ".1.2", "1" * 65, "1.2 "])
+def test_anything_else_is_not_a_path_component(uid: str) -> None:
+    assert not is_safe_uid(uid)
+
+
+def test_store_writes_atomically_and_reports_what_happened(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, free_space_reserve_mb=0)
+    spool.prepare()
+    created = spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM", memoryview(b"-one")])
+    unchanged = spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM-one"])
+    replaced = spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM-two"])
+    assert (created.outcome, unchanged.outcome, replaced.outcome) == ("created", "unchanged", "replaced")
+    assert created.sha256 == unchanged.sha256 != replaced.sha256
+    assert replaced.path.read_bytes() == b"DICM-two"
+    assert replaced.relative_path == "spool/1.2/1.2.3/1.2.3.4.dcm"
+    assert not list(spool.incoming.iterdir())
+
+
+def test_reserve_refuses_before_anything_is_written(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, free_space_reserve_mb=10**9)
+    spool.prepare()
+    with pytest.raises(OutOfSpace, match="PLVI_FREE_SPACE_RESERVE_MB"):
+        spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM"])
+    assert not [path for path in spool.root.rglob("*") if path.is_file()]
+
+
+def test_leftover_temporary_files_are_removed_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, free_space_reserve_mb=0)
+    spool.prepare()
+    (spool.incoming / "1.2.3.4.dcm.abc.tmp").write_bytes(b"half")
+    assert Spool(tmp_path, free_space_reserve_mb=0).prepare() == 1
+    assert not list(spool.incoming.iterdir())
+
+
+def test_one_sop_instance_is_handled_by_one_thread_at_a_time(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, free_space_reserve_mb=0)
+    inside, overlaps = [], []
+
+    def work() -> None:
+        with spool.instance_lock("1.2.3"):
+            if inside:
+                overlaps.append(True)
+            inside.append(True)
+            threading.Event().wait(0.01)
+            inside.pop()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not overlaps
+    assert not spool._instance_locks, "locks of finished instances are released"
