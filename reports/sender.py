@@ -172,7 +172,8 @@ def _record(row: OutboxMessage, payload: dict, outcome: Outcome, settings: Setti
         log.info(kv("result_sent", **fields))
     elif row.attempts >= settings.pacs_max_attempts:
         row.state = "failed"
-        log.error(kv("result_send_failed", **fields, action="check the destination, then requeue the row"))
+        log.error(kv("result_send_failed", **fields, path=payload["path"],
+                     action="check that the destination accepts this object; its file stays at path"))
     else:
         delay = min(settings.pacs_retry_base_seconds * 2 ** (row.attempts - 1), settings.pacs_retry_max_seconds)
         row.next_attempt_at = utcnow() + timedelta(seconds=delay)
@@ -186,7 +187,7 @@ def send_batch(destination: Destination, payloads: Sequence[dict], settings: Set
         reason = "association rejected" if assoc.is_rejected else "no association (unreachable, aborted or timed out)"
         return [Outcome(False, reason)] * len(payloads)
     try:
-        return [_store_one(assoc, payload) for payload in payloads]
+        return [_store_one_safely(assoc, payload) for payload in payloads]
     finally:
         if assoc.is_established:
             assoc.release()
@@ -211,6 +212,15 @@ def _disable_nagle(event: Event) -> None:
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _store_one_safely(assoc: Association, payload: dict) -> Outcome:
+    """Any unexpected error is this object's failed attempt (recorded, backed off), never a silent retry loop."""
+    try:
+        return _store_one(assoc, payload)
+    except Exception as error:  # noqa: BLE001 - the boundary between one object and the rest of the batch
+        log.exception(kv("result_send_error", sop_uid=payload["sop_instance_uid"], destination=payload["destination"]))
+        return Outcome(False, f"error while sending: {error!r}")
+
+
 def _store_one(assoc: Association, payload: dict) -> Outcome:
     if not assoc.is_established:
         return Outcome(False, "association ended before this object was sent")
@@ -218,6 +228,9 @@ def _store_one(assoc: Association, payload: dict) -> Outcome:
         dataset = pydicom.dcmread(payload["path"])
     except (OSError, InvalidDicomError) as error:
         return Outcome(False, f"cannot read {payload['path']}: {error}")
+    accepted = {context.abstract_syntax for context in assoc.accepted_contexts}
+    if payload["sop_class_uid"] not in accepted:
+        return Outcome(False, f"destination did not accept SOP class {payload['sop_class_uid']}")
     response = assoc.send_c_store(dataset)
     if "Status" not in response:
         return Outcome(False, "no C-STORE response (connection lost, aborted or timed out)")

@@ -245,3 +245,25 @@ def test_a_malformed_destination_is_refused_with_the_expected_form(text):
 def test_a_destination_parses_into_ae_host_and_port():
     assert Destination.parse(" PACS@10.0.0.5:104 ") == Destination("PACS", "10.0.0.5", 104)
     assert str(Destination.parse("PACS@10.0.0.5:104")) == "PACS@10.0.0.5:104"
+
+
+def test_a_destination_that_refuses_the_sop_class_is_a_failure(case, sender_settings, engine, caplog):
+    """Our SCP supports only the SR class here: the SEG and key image cannot even be offered (and once they are
+    alone, the SCP accepts no context at all, so later attempts get no association)."""
+    paths = result_files(case, sender_settings)
+    caplog.set_level(logging.INFO, logger="reports.sender")
+    ae = AE(ae_title="SRONLY")
+    ae.add_supported_context(RESULT_SOP_CLASSES[0], ["1.2.840.10008.1.2.1"])
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0)])
+    try:
+        with session_scope(engine) as session:
+            enqueue_delivery(session, paths, [f"SRONLY@127.0.0.1:{port}"])
+        assert deliver_until_settled(sender_settings, engine) == 1
+    finally:
+        server.shutdown()
+    states = {row.payload["sop_class_uid"]: row.state for row in store_rows(engine)}
+    assert states == {RESULT_SOP_CLASSES[0]: "done", RESULT_SOP_CLASSES[1]: "failed", RESULT_SOP_CLASSES[2]: "failed"}
+    retries = " ".join(r.getMessage() for r in caplog.records if r.getMessage().startswith("result_send_retry"))
+    for sop_class in RESULT_SOP_CLASSES[1:]:
+        assert f"did not accept SOP class {sop_class}" in retries
