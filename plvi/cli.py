@@ -61,6 +61,37 @@ def export(
     raise typer.Exit(export_command(load_settings(), out=out, since_last=since_last, outcomes_csv=outcomes))
 
 
+@app.command()
+def api() -> None:
+    """The HTTP API and dashboard as their own process, on PLVI_HTTP_HOST:PLVI_HTTP_PORT."""
+    from reports.web import run_api
+
+    configure_logging()
+    run_api(load_settings())
+
+
+@app.command("user-add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="login name")],
+    full_name: Annotated[str, typer.Option(help="shown in the dashboard and on reviews")] = "",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input instead of a prompt")
+    ] = False,
+) -> None:
+    """Add a dashboard and API user, or set a new password for an existing one."""
+    import sys
+
+    from reports.web.auth import user_add_command
+
+    configure_logging("WARNING")
+    password = (
+        sys.stdin.readline().rstrip("\n")
+        if password_stdin
+        else typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    )
+    raise typer.Exit(user_add_command(load_settings(), username, password, full_name))
+
+
 @app.command("db-upgrade")
 def db_upgrade() -> None:
     """Create or migrate the database schema (every service also does this at start)."""

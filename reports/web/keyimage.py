@@ -1,0 +1,71 @@
+"""The key image the study page shows: the measured slice with the three outlines drawn on it.
+
+Rendered from the stored source slice (spool) and the stored masks (results/<study>/<instance set>/masks.npz,
+arrays psoas_left, psoas_right, vertebra as `plvi analyze --out` writes them), so the page shows exactly what
+was measured."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from scipy import ndimage
+from sqlmodel import Session, select
+
+from plvi.logs import kv
+from plvi.models import Analysis, Instance
+from plvi.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Colours of the outlines (RGB); the legend on the study page uses the same ones.
+OUTLINE_COLOURS = {"psoas_left": (255, 64, 64), "psoas_right": (64, 160, 255), "vertebra": (255, 210, 0)}
+DISPLAY_SIZE = 512
+
+
+def masks_path(settings: Settings, study_uid: str, instance_set_hash: str) -> Path:
+    return settings.results_dir / study_uid / instance_set_hash / "masks.npz"
+
+
+def render_key_image(image: np.ndarray, masks: dict[str, np.ndarray]) -> bytes:
+    """PNG of `image` windowed to its 1st-99th percentile, enlarged to about 512 px, with each mask's outline."""
+    pixels = image.astype(np.float32)
+    low, high = np.percentile(pixels, [1, 99]) if pixels.size else (0.0, 1.0)
+    grey = np.clip((pixels - low) / max(float(high - low), 1e-6) * 255, 0, 255).astype(np.uint8)
+    scale = max(1, DISPLAY_SIZE // max(image.shape))
+    rgb = np.repeat(np.kron(grey, np.ones((scale, scale), dtype=np.uint8))[..., None], 3, axis=2)
+    for name, colour in OUTLINE_COLOURS.items():
+        mask = masks.get(name)
+        if mask is None or mask.shape != image.shape or not mask.any():
+            continue
+        large = np.kron(mask.astype(np.uint8), np.ones((scale, scale), dtype=np.uint8)).astype(bool)
+        outline = large & ~ndimage.binary_erosion(large, iterations=max(1, scale // 2))
+        rgb[outline] = colour
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def key_image_png(settings: Settings, session: Session, analysis: Analysis) -> bytes | None:
+    """The key image of an analysis, or None when it measured no slice or the slice is no longer stored."""
+    sop_uid = ((analysis.result or {}).get("slice") or {}).get("sop_instance_uid")
+    if not sop_uid:
+        return None
+    instance = session.exec(select(Instance).where(Instance.sop_instance_uid == sop_uid)).first()
+    if instance is None or not (settings.data_dir / instance.path).is_file():
+        log.warning(kv("key_image_source_missing", study_uid=analysis.study_instance_uid, sop_uid=sop_uid))
+        return None
+    dataset = pydicom.dcmread(settings.data_dir / instance.path)
+    image = dataset.pixel_array
+    if image.ndim != 2:  # a multi-frame object: the measured frame is not recorded; show none rather than a wrong one
+        return None
+    stored = masks_path(settings, analysis.study_instance_uid, analysis.instance_set_hash)
+    masks: dict[str, np.ndarray] = {}
+    if stored.is_file():
+        with np.load(stored) as archive:
+            masks = {name: archive[name] for name in archive.files}
+    return render_key_image(image, masks)
