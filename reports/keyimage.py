@@ -100,10 +100,13 @@ def build_key_image(
     """A Secondary Capture of `source` with the result burned in; patient and study are copied from `source`."""
     orientation = patient_orientation(source)
     lines = summary_lines(result, instance.algorithm_name, instance.algorithm_version)
-    pixels = render_key_image(source.pixel_array, masks, lines, orientation)
+    image = source.pixel_array
+    if source.get("PhotometricInterpretation") == "MONOCHROME1":  # low values are bright: show it as read
+        image = image.max() - image
+    pixels = render_key_image(image, masks, lines, orientation)
     factor = pixels.shape[0] // int(source.Rows)
     spacing = [float(value) / factor for value in source.PixelSpacing]
-    image = hd.sc.SCImage.from_ref_dataset(
+    capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
@@ -121,12 +124,12 @@ def build_key_image(
         **instance.dates(),
     )
     # highdicom stamps the capture time with now(); the analysis time keeps a retry byte-identical.
-    image.DateOfSecondaryCapture = DA(instance.content_datetime.date())
-    image.TimeOfSecondaryCapture = TM(instance.content_datetime.time())
-    image.BurnedInAnnotation = "YES"
+    capture.DateOfSecondaryCapture = DA(instance.content_datetime.date())
+    capture.TimeOfSecondaryCapture = TM(instance.content_datetime.time())
+    capture.BurnedInAnnotation = "YES"
     # General Series Laterality is Type 2C. dciodvfy reports it missing as an error when absent, and present but
     # empty only as a warning ("should be absent if an unpaired body part"): the lumbar spine is unpaired, and an
     # empty value says so without an error.
-    image.Laterality = None
-    image.ImageComments = " | ".join(lines)[:10240]
-    return image
+    capture.Laterality = None
+    capture.ImageComments = " | ".join(lines)[:10240]
+    return capture

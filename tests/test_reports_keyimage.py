@@ -10,6 +10,7 @@ import pytest
 from scipy.ndimage import binary_erosion
 from skimage.segmentation import find_boundaries
 
+from reports.keyimage import patient_orientation
 from reports.objects import build_result_objects, write_result_objects
 from reports.seg import STRUCTURES
 from tests.plvi_result_case import dciodvfy, not_measurable, real_slice_case
@@ -89,3 +90,18 @@ def test_not_measurable_key_image_says_so_without_outlines(tmp_path):
     (path,) = [p for p in write_result_objects(objects, tmp_path) if p.stem == key.SOPInstanceUID]
     errors, warnings = dciodvfy(path)
     assert errors == [] and warnings == []
+
+
+@pytest.mark.parametrize(
+    ("orientation", "expected"),
+    [
+        ([1, 0, 0, 0, 1, 0], ("L", "P")),  # the usual axial: patient's right on the image left
+        ([-1, 0, 0, 0, 1, 0], ("R", "P")),  # mirrored axial
+        ([0.9848, 0, -0.1736, 0, 1, 0], ("L", "P")),  # tilted 10 degrees, still axial
+        ([0, 1, 0, 0, 0, -1], ("P", "F")),  # sagittal
+    ],
+)
+def test_side_markers_follow_image_orientation_patient(orientation, expected):
+    source = pydicom.Dataset()
+    source.ImageOrientationPatient = orientation
+    assert patient_orientation(source) == expected
