@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     RLELossless,
 )
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 from sqlalchemy import text
 from sqlmodel import Session, select
 
@@ -192,3 +195,18 @@ def test_database_failure_answers_out_of_resources_and_recovers(
     assert "Received Store Response (Refused: OutOfResources)" in refused.stderr  # dcmtk's words for 0xA700
     assert [row.sop_instance_uid for row in rows(sqlite_url, Instance)] == [spooled_path(settings, second).stem]
     assert not spooled_path(settings, first).exists(), "a file without its row stayed in the spool"
+
+
+def test_accepted_sockets_have_nagle_disabled(settings: Settings, sqlite_url: str) -> None:
+    """Without TCP_NODELAY each C-STORE response waits for the peer's delayed ACK (~40 ms): about 22 instances/s."""
+    scu = AE(ae_title="HOLDER")
+    scu.add_requested_context(Verification)
+    with running_listener(settings, sqlite_url) as listener:
+        association = scu.associate("127.0.0.1", settings.port, ae_title="PLVI")
+        try:
+            assert association.is_established
+            (accepted,) = listener.ae.active_associations
+            sock = accepted.dul.socket.socket
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        finally:
+            association.release()
