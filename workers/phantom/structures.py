@@ -1,0 +1,613 @@
+"""The anatomy as signed distances (mm, negative inside) of every structure at arbitrary points, and their painting.
+
+A structure's soft occupancy `clip(0.5 - d / h, 0, 1)` with `h` the pixel size integrates the structure over a
+pixel (partial volume in plane without supersampling); its hard mask `d <= 0` is the truth. Structures are painted
+back to front, so a later structure hides an earlier one where they overlap: the truth of a structure is its hard
+mask minus every later, opaque structure (`TRUTH_HIDDEN_BY`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+from workers.phantom.anatomy import Anatomy
+from workers.phantom.stacks import SlicePlane
+
+Signals = Mapping[str, float]
+
+SQUIRCLE = np.float32(0.45)  # vertebral endplates are boxier than ellipses
+
+
+@dataclass
+class Points:
+    """Sample points in the spine frame (float32 arrays of N)."""
+
+    s: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    width: np.ndarray | None = None  # vertebral half width and half depth interpolated at s (set by `layers`)
+    depth: np.ndarray | None = None
+
+    @classmethod
+    def from_lps(cls, anatomy: Anatomy, points_lps: np.ndarray) -> Points:
+        return cls(*anatomy.to_spine_frame(points_lps))
+
+    @classmethod
+    def on_plane(cls, anatomy: Anatomy, plane: SlicePlane, offset_mm: float = 0.0, step: int = 4) -> Points:
+        """The pixel centres of a plane (row-major): the frame is solved on every `step`-th pixel and interpolated
+        bilinearly, which is exact to about 0.01 mm because the frame bends on a scale of 100 mm."""
+        rows = np.unique(np.append(np.arange(0, plane.rows, step), plane.rows - 1))
+        columns = np.unique(np.append(np.arange(0, plane.columns, step), plane.columns - 1))
+        grid = (
+            plane.position
+            + plane.normal * offset_mm
+            + rows[:, None, None] * plane.pixel_spacing[0] * plane.column_direction
+            + columns[None, :, None] * plane.pixel_spacing[1] * plane.row_direction
+        )
+        coarse = anatomy.to_spine_frame(grid.reshape(-1, 3))
+        row_left, row_right, row_fraction = _linear_weights(rows, plane.rows)
+        column_left, column_right, column_fraction = _linear_weights(columns, plane.columns)
+        fine = []
+        for values in coarse:
+            values = values.reshape(rows.size, columns.size)
+            values = values[row_left] + (values[row_right] - values[row_left]) * row_fraction[:, None]
+            values = values[:, column_left] + (values[:, column_right] - values[:, column_left]) * column_fraction
+            fine.append(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+        return cls(*fine)
+
+
+@dataclass
+class SpineTables:
+    """Per-vertebra arrays (caudal to cranial) used to evaluate all vertebrae at once, point by point."""
+
+    s_bottom: np.ndarray
+    s_top: np.ndarray
+    half_width: np.ndarray
+    half_depth: np.ndarray
+    process: np.ndarray
+    wedge: np.ndarray
+    cement: np.ndarray
+    edema: np.ndarray
+    degeneration: np.ndarray
+    disc_centres: np.ndarray
+    middles: np.ndarray
+
+    @classmethod
+    def of(cls, anatomy: Anatomy) -> SpineTables:
+        vertebrae = anatomy.vertebrae
+        s_bottom = np.array([v.s_bottom for v in vertebrae], np.float32)
+        s_top = np.array([v.s_top for v in vertebrae], np.float32)
+        return cls(
+            s_bottom=s_bottom,
+            s_top=s_top,
+            half_width=np.array([v.half_width for v in vertebrae], np.float32),
+            half_depth=np.array([v.half_depth for v in vertebrae], np.float32),
+            process=np.array([v.transverse_process_mm for v in vertebrae], np.float32),
+            wedge=np.array([v.wedge for v in vertebrae], np.float32),
+            cement=np.array([v.condition == "cemented" for v in vertebrae]),
+            edema=np.array([v.condition == "fractured" for v in vertebrae]),
+            degeneration=np.array(anatomy.disc_degeneration, np.float32),
+            disc_centres=0.5 * (s_top[:-1] + s_bottom[1:]),
+            middles=0.5 * (s_bottom + s_top),
+        )
+
+    def width_at(self, s: np.ndarray) -> np.ndarray:
+        return np.interp(s, self.middles, self.half_width).astype(np.float32)
+
+    def depth_at(self, s: np.ndarray) -> np.ndarray:
+        return np.interp(s, self.middles, self.half_depth).astype(np.float32)
+
+
+def _linear_weights(knots: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left knot, right knot and fraction for interpolating values at integer knots onto 0..size-1.
+
+    (Gathers rather than a matrix product: BLAS threads cost more than they save on a shared machine.)"""
+    positions = np.arange(size, dtype=np.float64)
+    right = np.clip(np.searchsorted(knots, positions, side="right"), 1, knots.size - 1)
+    left = right - 1
+    fraction = ((positions - knots[left]) / (knots[right] - knots[left])).astype(np.float32)
+    return left, right, fraction
+
+
+def soft(distance: np.ndarray, h: float) -> np.ndarray:
+    """Fraction of a pixel of size h inside a structure whose signed distance at the pixel centre is `distance`."""
+    return np.clip(0.5 - distance / h, 0.0, 1.0)
+
+
+def _ellipse_distance(du: np.ndarray, dv: np.ndarray, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """Approximate signed distance to an ellipse (exact on its axes, good enough within a pixel of the edge)."""
+    x, y = du / a, dv / b
+    r = np.sqrt(x * x + y * y)
+    scale = (np.abs(x) * a + np.abs(y) * b) / (np.abs(x) + np.abs(y) + 1e-6)
+    return (r - 1.0) * scale
+
+
+def _box_distance(*offsets_and_halves: tuple[np.ndarray, float | np.ndarray]) -> np.ndarray:
+    """Signed distance (Chebyshev-like) to an axis-aligned box given (offset from centre, half size) pairs."""
+    result = None
+    for offset, half in offsets_and_halves:
+        d = np.abs(offset) - half
+        result = d if result is None else np.maximum(result, d)
+    return result
+
+
+def _texture(points: Points, anatomy: Anatomy, stretch_s: float = 1.0, scale: float = 1.0) -> np.ndarray:
+    """A smooth random field with unit variance (sum of plane waves); stretch_s > 1 elongates it along the spine."""
+    waves = (anatomy.texture_waves * scale).astype(np.float32)
+    field = np.zeros_like(points.s)
+    for (ku, kv, ks), phase in zip(waves, anatomy.texture_phases.astype(np.float32), strict=True):
+        field += np.cos(ku * points.u + kv * points.v + (ks / np.float32(stretch_s)) * points.s + phase)
+    return field * np.float32(np.sqrt(2.0 / len(waves)))
+
+
+# --- vertebrae, discs, posterior elements, canal -------------------------------------------------------------------
+
+
+def _endplates(t: SpineTables, index: np.ndarray, p: Points, concavity: float):
+    """Lower and upper endplate surfaces (arc length) and in-plane distance of vertebrae `index` at the points.
+
+    The endplate outline is a squircle, x2 + y2 - c min(x2, 1) min(y2, 1) = 1: boxier than an ellipse, as lumbar
+    endplates are, and cheap to evaluate."""
+    a = t.half_width[index]
+    b = t.half_depth[index]
+    lo, hi = t.s_bottom[index], t.s_top[index]
+    centre_v = np.float32(0.0)
+    sacral = index == 0
+    if sacral.any():  # the sacrum tapers and curves backwards below S1
+        below = np.minimum(p.s, 0.0)
+        a = np.where(sacral, a * (1.0 + below / 170.0), a)
+        b = np.where(sacral, b * (1.0 + below / 220.0), b)
+        lo = np.where(sacral, np.float32(-115.0), lo)
+        centre_v = np.where(sacral, 0.0025 * below * below, 0.0).astype(np.float32)
+    waist = 1.0 - 0.06 * np.sin(np.pi * np.clip((p.s - lo) / (hi - lo), 0.0, 1.0))
+    a = np.maximum(a * waist, 1.0)
+    x = np.abs(p.u) / a
+    dv = p.v - centre_v
+    x2 = x * x
+    # the posterior wall is slightly concave where the canal sits
+    posterior_b = b * (1.0 - 0.12 * np.clip(1.0 - x2, 0.0, 1.0))
+    y = np.abs(np.where(dv > 0, dv / posterior_b, dv / b))
+    y2 = y * y
+    r = np.sqrt(x2 + y2 - SQUIRCLE * np.minimum(x2, 1.0) * np.minimum(y2, 1.0))
+    scale = (x * a + y * b) / (x + y + 1e-6)
+    in_plane = (r - 1.0) * scale
+    dish = concavity * np.clip(1.0 - r * r, 0.0, 1.0)
+    wedge = t.wedge[index] * (hi - lo) * np.clip(0.5 - dv / (2 * b), 0.0, 1.0)
+    return lo + dish, hi - dish - wedge, in_plane, r
+
+
+def vertebral_body_distance(anatomy: Anatomy, t: SpineTables, p: Points) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distance to the nearest vertebral body (sacrum included) and the index of that vertebra."""
+    index = np.searchsorted(t.disc_centres, p.s)
+    lower, upper, in_plane, _ = _endplates(t, index, p, anatomy.endplate_concavity_mm)
+    return np.maximum(in_plane, np.maximum(lower - p.s, p.s - upper)), index
+
+
+def disc_distance(anatomy: Anatomy, t: SpineTables, p: Points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Signed distance to the nearest disc, its index (the vertebra below it) and a 0..1 radial position."""
+    below = np.clip(np.searchsorted(t.middles, p.s) - 1, 0, len(t.middles) - 2)
+    _, top_of_below, in_plane_below, r_below = _endplates(t, below, p, anatomy.endplate_concavity_mm)
+    bottom_of_above, _, in_plane_above, _ = _endplates(t, below + 1, p, anatomy.endplate_concavity_mm)
+    bulge = 0.8 + 2.0 * t.degeneration[below].astype(np.float32)
+    in_plane = np.minimum(in_plane_below, in_plane_above) - bulge
+    distance = np.maximum(in_plane, np.maximum(top_of_below - p.s, p.s - bottom_of_above))
+    half = np.maximum(0.5 * (bottom_of_above - top_of_below), 0.5)
+    height_position = np.abs(p.s - 0.5 * (bottom_of_above + top_of_below)) / half
+    return distance, below, np.maximum(r_below, height_position)
+
+
+def canal_geometry(anatomy: Anatomy, vertebral_depth: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Centre offset v of the spinal canal behind vertebrae of half depth `vertebral_depth`; its half axes."""
+    return vertebral_depth + anatomy.canal_half_depth + 1.0, anatomy.canal_half_width, anatomy.canal_half_depth
+
+
+def posterior_elements_distance(anatomy: Anatomy, t: SpineTables, p: Points, index: np.ndarray) -> np.ndarray:
+    """The vertebral arches near the points: the nearest vertebra's and the one above, whose arch reaches down."""
+    above = np.minimum(index + 1, len(t.middles) - 1)
+    return np.minimum(_arch_distance(anatomy, t, p, index), _arch_distance(anatomy, t, p, above))
+
+
+def _arch_distance(anatomy: Anatomy, t: SpineTables, p: Points, index: np.ndarray) -> np.ndarray:
+    """Pedicles, transverse processes, laminae, spinous processes and facet joints of vertebrae `index`."""
+    lo = t.s_bottom[index].astype(np.float32)
+    hi = t.s_top[index].astype(np.float32)
+    height = hi - lo
+    canal_v, cu, cv = canal_geometry(anatomy, p.depth)
+    b = p.depth
+    au = np.abs(p.u)
+    pedicle = np.maximum(
+        _ellipse_distance(au - (cu + 3.5), p.s - (lo + 0.62 * height), 4.5, 0.22 * height),
+        _box_distance((p.v - 0.5 * (b * 0.6 + canal_v + 2), 0.5 * (canal_v + 2 - b * 0.6))),
+    )
+    process_length = t.process[index].astype(np.float32)
+    transverse = np.maximum(
+        _ellipse_distance(p.v - (canal_v - 1.0), p.s - (lo + 0.55 * height), 4.5, 5.5),
+        _box_distance((au - (cu + 1.5 + 0.5 * (process_length + 2)), 0.5 * (process_length + 2) + 1.5)),
+    )
+    lamina_v = canal_v + cv + 2.5 - 0.12 * au
+    lamina = _box_distance(
+        (p.v - lamina_v, 3.2), (p.u, cu + 7.0), (p.s - (0.5 * (lo - 7) + 0.5 * (hi - 9)), 0.5 * (height + 2 - 9))
+    )
+    spine_start = canal_v + cv + 4.0
+    depth = np.clip(p.v - spine_start, 0.0, None)
+    spinous = _box_distance(
+        (p.u, 3.0 + 0.02 * depth),
+        (p.v - (spine_start + 15.0), 15.0),
+        (p.s - (lo + 0.35 * height - 0.25 * depth), 0.3 * height + 1.0),
+    )
+    # facet joints sit at disc level, between the superior process below and the inferior process above
+    disc = np.clip(np.searchsorted(t.middles, p.s) - 1, 0, len(t.middles) - 2)
+    facet_s = t.disc_centres[disc].astype(np.float32) + 2.0
+    facet = _ellipse_distance(
+        np.sqrt((au - (cu + 4.5)) ** 2 + (0.8 * (p.v - (canal_v + 3.0))) ** 2), p.s - facet_s, 6.5, 9.0
+    )
+    distance = np.minimum(np.minimum(pedicle, transverse), np.minimum(np.minimum(lamina, spinous), facet))
+    lumbar_or_thoracic = index > 0
+    return np.where(lumbar_or_thoracic, distance, _sacral_wings(p, canal_v, cu))
+
+
+def _sacral_wings(p: Points, canal_v: np.ndarray, cu: float) -> np.ndarray:
+    """The sacral alae and the dorsal sacrum around the sacral canal (part of the sacrum below S1's top)."""
+    below = -p.s
+    ala = _box_distance((p.u, 48.0 - 0.25 * np.clip(below, 0, None)), (p.v - 8.0, 14.0), (p.s + 28.0, 26.0))
+    dorsal = _box_distance((p.u, cu + 10.0), (p.v - (canal_v + 12.0), 5.0), (p.s + 40.0, 38.0))
+    return np.minimum(ala, dorsal)
+
+
+# --- muscles -------------------------------------------------------------------------------------------------------
+
+
+def psoas_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -> np.ndarray:
+    """Signed distance to the left (side=+1) or right (side=-1) psoas major (before bones cut its medial edge)."""
+    profile = anatomy.psoas_left if side > 0 else anatomy.psoas_right
+    area = np.interp(p.s, profile.anchors_s, profile.area_mm2).astype(np.float32)
+    aspect = np.interp(p.s, profile.anchors_s, profile.aspect).astype(np.float32)
+    lateral = np.sqrt(np.maximum(area, 1.0) / (np.pi * aspect))
+    anteroposterior = lateral * aspect
+    a = p.width
+    b = p.depth
+    centre_u = side * (0.92 * a + 0.82 * lateral + 0.35 * np.clip(-p.s, 0.0, None))
+    centre_v = np.interp(p.s, profile.anchors_s, profile.v_fraction).astype(np.float32) * b
+    x = (p.u - centre_u) / lateral
+    y = (p.v - centre_v) / anteroposterior
+    angle = np.arctan2(y, side * x)
+    boundary = np.ones_like(x)
+    for k, amplitude, phase in profile.shape_harmonics:
+        boundary += np.float32(amplitude) * np.cos(np.float32(k) * angle + np.float32(phase))
+    r = np.sqrt(x * x + y * y)
+    return (r / boundary - 1.0) * np.sqrt(lateral * anteroposterior)
+
+
+def _psoas_semi_axes(anatomy: Anatomy, s: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    profile = anatomy.psoas_left if side > 0 else anatomy.psoas_right
+    area = np.interp(s, profile.anchors_s, profile.area_mm2)
+    aspect = np.interp(s, profile.anchors_s, profile.aspect)
+    lateral = np.sqrt(np.maximum(area, 1.0) / (np.pi * aspect))
+    return lateral, lateral * aspect
+
+
+def quadratus_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -> np.ndarray:
+    """Quadratus lumborum: posterolateral, a flat oblique band behind the psoas, from the 12th rib to the crest."""
+    l1 = anatomy.vertebra("L1")
+    top, bottom = l1.s_middle, anatomy.vertebrae[1].s_top
+    lateral_psoas, _ = _psoas_semi_axes(anatomy, p.s, side)
+    a = p.width
+    b = p.depth
+    centre_u = side * (a + 1.6 * lateral_psoas + 14.0)
+    centre_v = b + 12.0
+    angle = np.radians(28.0)
+    du = side * (p.u - centre_u)
+    dv = p.v - centre_v
+    along = du * np.cos(angle) + dv * np.sin(angle)
+    across = -du * np.sin(angle) + dv * np.cos(angle)
+    length = 0.5 * (top - bottom)
+    taper = np.sqrt(np.clip(1.0 - ((p.s - 0.5 * (top + bottom)) / length) ** 2, 0.02, 1.0))
+    return _ellipse_distance(along, across, 21.0 * taper, 8.0 * taper)
+
+
+def erector_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -> np.ndarray:
+    """Erector spinae with multifidus: the posterior muscle mass beside the spinous processes."""
+    canal_v, cu, cv = canal_geometry(anatomy, p.depth)
+    centre_v = canal_v + cv + 24.0
+    centre_u = side * (cu + 20.0)
+    taper = np.clip(1.0 + (p.s + 40.0) / 120.0, 0.3, 1.0)
+    return _ellipse_distance(p.u - centre_u, p.v - centre_v, 30.0 * taper, 23.0 * taper)
+
+
+# --- body outline, viscera, vessels ----------------------------------------------------------------------------------
+
+
+def body_outlines(anatomy: Anatomy, t: SpineTables, p: Points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skin, the inside of the subcutaneous fat (abdominal wall muscle) and the inside of the wall (cavity)."""
+    canal_v, _, cv = canal_geometry(anatomy, p.depth)
+    back_muscle = canal_v + cv + 24.0 + 23.0
+    back = back_muscle + anatomy.back_fat_mm
+    front = -anatomy.abdomen_depth
+    centre = 0.5 * (back + front)
+    half_depth = 0.5 * (back - front)
+
+    def superellipse(half_width: float, depth: np.ndarray) -> np.ndarray:
+        x2 = (p.u / half_width) ** 2
+        y2 = ((p.v - centre) / depth) ** 2
+        r = np.sqrt(x2 + y2 - 0.3 * np.minimum(x2, 1.0) * np.minimum(y2, 1.0))
+        return (r - 1.0) * np.minimum(half_width, depth)
+
+    skin = superellipse(anatomy.body_half_width, half_depth)
+    wall = superellipse(anatomy.body_half_width - anatomy.flank_fat_mm, half_depth - 0.7 * anatomy.flank_fat_mm)
+    cavity = superellipse(
+        anatomy.body_half_width - anatomy.flank_fat_mm - 11.0, half_depth - 0.7 * anatomy.flank_fat_mm - 11.0
+    )
+    return skin, wall, cavity
+
+
+def vessel_distances(anatomy: Anatomy, t: SpineTables, p: Points) -> tuple[np.ndarray, np.ndarray]:
+    """Aorta with the common iliac arteries (bifurcating near L4) and the inferior vena cava with the iliac veins."""
+    a = p.width
+    b = p.depth
+    ra, rv = anatomy.aorta_radius, anatomy.ivc_radius
+    below = np.clip(anatomy.bifurcation_s - p.s, 0.0, None)
+    aorta_u = 0.35 * a
+    aorta_v = -(b + ra + 1.5) - 0.1 * below
+    aorta = np.hypot(p.u - aorta_u, p.v - aorta_v) - ra
+    iliac_r = 0.65 * ra
+    arteries = np.minimum(
+        np.hypot(p.u - (aorta_u + 0.5 * below), p.v - aorta_v), np.hypot(p.u - (aorta_u - 0.5 * below), p.v - aorta_v)
+    ) - iliac_r
+    arteries = np.where(p.s >= anatomy.bifurcation_s, aorta, np.minimum(arteries, aorta + 0.6 * below))
+    confluence = anatomy.bifurcation_s - 18.0
+    vein_below = np.clip(confluence - p.s, 0.0, None)
+    ivc_u = -(0.75 * a + 6.0)
+    ivc_v = -(0.8 * b + 0.7 * rv + 2.0) + 0.15 * vein_below
+    ivc = _ellipse_distance(p.u - ivc_u, p.v - ivc_v, 1.25 * rv, 0.8 * rv)
+    veins = np.minimum(
+        np.hypot(p.u - (ivc_u + 0.55 * vein_below + 8.0), p.v - ivc_v),
+        np.hypot(p.u - (ivc_u - 0.45 * vein_below), p.v - ivc_v),
+    ) - 0.6 * rv
+    veins = np.where(p.s >= confluence, ivc, np.minimum(veins, ivc + 0.6 * vein_below))
+    return arteries, veins
+
+
+def kidney_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -> np.ndarray:
+    """Kidneys: high, in the paravertebral gutters lateral to the psoas, lower poles lateral and anterior."""
+    centre_s = anatomy.kidney_s - (12.0 if side < 0 else 0.0)
+    ds = p.s - centre_s
+    centre_u = side * (p.width + 52.0 - 0.25 * ds)
+    centre_v = 4.0 - 0.15 * ds
+    x, y, z = (p.u - centre_u) / 27.0, (p.v - centre_v) / 21.0, ds / 52.0
+    return (np.sqrt(x * x + y * y + z * z) - 1.0) * 21.0
+
+
+def liver_distance(anatomy: Anatomy, t: SpineTables, p: Points) -> np.ndarray:
+    """The liver's inferior tip on the right, reaching the upper lumbar levels."""
+    centre_s = anatomy.vertebra("L1").s_top + 60.0
+    x, y, z = (p.u + 95.0) / 75.0, (p.v + 35.0) / 75.0, (p.s - centre_s) / 85.0
+    return (np.sqrt(x * x + y * y + z * z) - 1.0) * 75.0
+
+
+# --- painting --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One structure at a subset of the points (`index`): its signed distance and, when painting, its signal."""
+
+    name: str
+    index: np.ndarray
+    distance: np.ndarray
+    signal: np.ndarray | float | None
+
+
+def _threshold(fraction: float) -> float:
+    """Texture level above which a unit-variance field covers `fraction` of space."""
+    return NormalDist().inv_cdf(1.0 - min(max(fraction, 1e-4), 0.9999))
+
+
+class _Region:
+    """The points inside a loose box of the spine frame: every structure is evaluated only where it can be."""
+
+    def __init__(self, p: Points, *, u=None, abs_u=None, v=None, s=None):
+        mask = np.ones(p.s.shape, bool)
+        for values, bounds in ((p.u, u), (np.abs(p.u), abs_u), (p.v, v), (p.s, s)):
+            if bounds is not None:
+                mask &= (values >= bounds[0]) & (values <= bounds[1])
+        self.index = np.flatnonzero(mask)
+        self.points = Points(*(getattr(p, k)[self.index] for k in ("s", "u", "v", "width", "depth")))
+
+    def __bool__(self) -> bool:
+        return self.index.size > 0
+
+
+def layers(
+    anatomy: Anatomy, p: Points, signals: Signals | None, *, only: frozenset[str] | None = None
+) -> list[Layer]:
+    """All structures at the points, back to front. With signals=None only distances are computed (truth)."""
+    t = SpineTables.of(anatomy)
+    p = Points(p.s, p.u, p.v, t.width_at(p.s), t.depth_at(p.s))
+    paint = signals is not None
+    out: list[Layer] = []
+    everything = np.arange(p.s.size)
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
+    def mix(a: str, b: str, weight: np.ndarray) -> np.ndarray:
+        return signals[a] + (signals[b] - signals[a]) * weight
+
+    def constant(name: str) -> float | None:
+        return signals[name] if paint else None
+
+    depth_max = float(t.half_depth.max())
+    if wanted("body"):
+        skin, wall, cavity = body_outlines(anatomy, t, p)
+        out.append(Layer("subcutaneous_fat", everything, skin, constant("fat")))
+        out.append(Layer("abdominal_wall", everything, wall, constant("muscle")))
+        out.append(Layer("visceral_fat", everything, cavity, constant("fat")))
+        region = _Region(p, v=(-1e4, -depth_max - 15.0))
+        if paint and region:
+            q = region.points
+            spine_front = -(q.depth + 25.0) - 0.004 * q.u**2
+            bowel_region = np.maximum(cavity[region.index] + 6.0, q.v - spine_front)
+            field = _texture(q, anatomy)
+            lumen = field > 0.25
+            fluid = np.clip((field - 0.9) * 3.0, 0.0, 1.0)
+            gas = np.clip((_texture(q, anatomy, scale=1.7) - 1.5) * 3.0, 0.0, 1.0)
+            content = mix("bowel_content", "bowel_fluid", fluid)
+            content = content + (signals["air"] - content) * gas
+            wall_or_fat = np.where(field < -0.25, signals["fat"], signals["bowel_wall"])
+            out.append(Layer("bowel", region.index, bowel_region, np.where(lumen, content, wall_or_fat)))
+    l1_top = anatomy.vertebra("L1").s_top
+    region = _Region(p, u=(-200.0, 0.0), v=(-130.0, 60.0), s=(l1_top - 40.0, 1e4))
+    if wanted("liver") and region:
+        out.append(Layer("liver", region.index, liver_distance(anatomy, t, region.points), constant("liver")))
+    for side, name in ((1, "kidney_left"), (-1, "kidney_right")):
+        region = _Region(
+            p, u=(20.0, 150.0) if side > 0 else (-150.0, -20.0), v=(-50.0, 60.0),
+            s=(anatomy.kidney_s - 80.0, anatomy.kidney_s + 70.0),
+        )
+        if wanted(name) and region:
+            q = region.points
+            d = kidney_distance(anatomy, t, q, side)
+            signal = None
+            if paint:
+                medial = side * q.u < q.width + 52.0
+                signal = mix("kidney", "fat", np.clip(-(d + 9.0) / 3.0, 0.0, 1.0) * medial)
+            out.append(Layer(name, region.index, d, signal))
+    region = _Region(p, abs_u=(0.0, 100.0), v=(-90.0, 5.0))
+    if wanted("vessels") and region:
+        arteries, veins = vessel_distances(anatomy, t, region.points)
+        out.append(Layer("arteries", region.index, arteries, constant("flow_void")))
+        out.append(Layer("veins", region.index, veins, constant("blood_slow" if anatomy.vessels_bright else "flow_void")))
+    for side, name in ((1, "erector_left"), (-1, "erector_right")):
+        region = _Region(p, u=(-5.0, 100.0) if side > 0 else (-100.0, 5.0), v=(depth_max, 140.0))
+        if wanted(name) and region:
+            q = region.points
+            d = erector_distance(anatomy, t, q, side)
+            signal = None
+            if paint:
+                canal_v, cu, _ = canal_geometry(anatomy, q.depth)
+                septum = np.abs(np.abs(q.u) - (cu + 13.0 + 0.1 * (q.v - canal_v))) < 0.9
+                fat = _texture(q, anatomy, stretch_s=4.0, scale=2.5) > _threshold(anatomy.erector_fat_fraction)
+                signal = np.where(septum | fat, signals["fat"], signals["muscle"])
+            out.append(Layer(name, region.index, d, signal))
+    for side, name in ((1, "quadratus_left"), (-1, "quadratus_right")):
+        region = _Region(
+            p, u=(20.0, 150.0) if side > 0 else (-150.0, -20.0), v=(-30.0, 70.0),
+            s=(anatomy.vertebrae[1].s_top, anatomy.vertebra("L1").s_middle),
+        )
+        if wanted(name) and region:
+            d = quadratus_distance(anatomy, t, region.points, side)
+            out.append(Layer(name, region.index, d, constant("muscle")))
+    for side, name in ((1, "psoas_left"), (-1, "psoas_right")):
+        region = _Region(
+            p, u=(0.0, 160.0) if side > 0 else (-160.0, 0.0), v=(-110.0, 70.0), s=(-1e4, l1_top + 12.0)
+        )
+        if wanted(name) and region:
+            q = region.points
+            d = psoas_distance(anatomy, t, q, side)
+            signal = None
+            if paint:
+                profile = anatomy.psoas_left if side > 0 else anatomy.psoas_right
+                fat = _texture(q, anatomy, stretch_s=5.0, scale=2.2) - _threshold(profile.fat_fraction)
+                signal = mix("muscle", "fat", np.clip(fat * 2.0, 0.0, 1.0))
+            out.append(Layer(name, region.index, d, signal))
+    region = _Region(p, abs_u=(0.0, 25.0), v=(0.0, 80.0))
+    if wanted("canal") and region:
+        q = region.points
+        canal_v, cu, cv = canal_geometry(anatomy, q.depth)
+        epidural = _ellipse_distance(q.u, q.v - canal_v, cu, cv)
+        out.append(Layer("epidural_fat", region.index, epidural, constant("fat")))
+        sac_end = np.clip(-45.0 - q.s, 0.0, None)
+        sac = _ellipse_distance(q.u, q.v - canal_v - 0.5, cu - 2.5, cv - 1.5) + sac_end
+        signal = None
+        if paint:
+            roots = (np.cos(q.u * 1.9) * np.cos((q.v - canal_v) * 1.9) > 0.75) & (q.v - canal_v > 0.0)
+            signal = np.where(roots, signals["nerve"], signals["csf"])
+        out.append(Layer("thecal_sac", region.index, sac, signal))
+    if wanted("bones"):
+        out += _bone_layers(anatomy, t, p, signals)
+    return out
+
+
+def _bone_layers(anatomy: Anatomy, t: SpineTables, p: Points, signals: Signals | None) -> list[Layer]:
+    """Vertebral arches, vertebral bodies (with their index, for the truth) and discs."""
+    paint = signals is not None
+    out: list[Layer] = []
+    region = _Region(p, abs_u=(0.0, 80.0), v=(-10.0, 120.0))
+    if region:
+        q = region.points
+        nearest = np.searchsorted(t.disc_centres, q.s)
+        d_posterior = posterior_elements_distance(anatomy, t, q, nearest)
+        out.append(Layer("posterior_elements", region.index, d_posterior, _bone_signal(d_posterior, signals, 0.9)))
+    region = _Region(p, abs_u=(0.0, 42.0), v=(-40.0, 70.0))  # the sacrum curves back by up to 35 mm
+    if region:
+        q = region.points
+        d_body, index = vertebral_body_distance(anatomy, t, q)
+        signal = None
+        if paint:
+            signal = _bone_signal(d_body, signals, 1.0)
+            cement = t.cement[index] & (d_body < -4.0) & (_texture(q, anatomy, scale=3.0) > -0.3)
+            edema = t.edema[index] & (q.s > t.s_top[index] - 10.0) & (d_body < -1.0)
+            signal = np.where(edema, signals["edema"], signal)
+            signal = np.where(cement, signals["cement"], signal)
+        out.append(Layer("vertebral_bodies", region.index, d_body, signal))
+        out.append(Layer("vertebral_body_index", region.index, index, None))
+        d_disc, below, radial = disc_distance(anatomy, t, q)
+        signal = None
+        if paint:
+            nucleus = np.clip((0.85 - radial) * 4.0, 0.0, 1.0) * (1.0 - t.degeneration[below])
+            signal = signals["annulus"] + (signals["nucleus"] - signals["annulus"]) * nucleus
+        out.append(Layer("discs", region.index, d_disc, signal))
+    return out
+
+
+def _bone_signal(distance: np.ndarray, signals: Signals | None, cortex_mm: float) -> np.ndarray | None:
+    """Marrow inside, a dark cortical shell of `cortex_mm` at the surface."""
+    if signals is None:
+        return None
+    return np.where(distance > -cortex_mm, signals["cortex"], signals["marrow"])
+
+
+def render(anatomy: Anatomy, p: Points, signals: Signals, h: float) -> np.ndarray:
+    """Signal at the points with in-plane partial volume over pixels of size h (painter's algorithm)."""
+    image = np.zeros_like(p.s)
+    for layer in layers(anatomy, p, signals):
+        if layer.signal is None:
+            continue
+        weight = soft(layer.distance, h)
+        inside = weight > 0
+        index = layer.index[inside]
+        signal = layer.signal[inside] if isinstance(layer.signal, np.ndarray) else layer.signal
+        image[index] += (signal - image[index]) * weight[inside]
+    return image
+
+
+# The opaque structures painted over each truth structure; its outline is what stays visible.
+TRUTH_HIDDEN_BY = ("epidural_fat", "posterior_elements", "vertebral_bodies", "discs")
+
+
+def truth_masks(anatomy: Anatomy, p: Points, vertebra_name: str) -> dict[str, np.ndarray]:
+    """Hard masks of the left psoas, the right psoas (each as visible) and one vertebral body at the points."""
+    wanted = frozenset({"psoas_left", "psoas_right", "canal", "bones"})
+
+    def full(layer: Layer, fill: float = np.inf) -> np.ndarray:
+        values = np.full(p.s.shape, fill, dtype=np.float32)
+        values[layer.index] = layer.distance
+        return values
+
+    by_name = {layer.name: full(layer) for layer in layers(anatomy, p, None, only=wanted)}
+    masks: dict[str, np.ndarray] = {}
+    for name in ("psoas_left", "psoas_right"):
+        mask = by_name[name] <= 0 if name in by_name else np.zeros(p.s.shape, bool)
+        for hider in TRUTH_HIDDEN_BY:
+            if hider in by_name:
+                mask &= by_name[hider] > 0
+        masks[name] = mask
+    index = anatomy.vertebrae.index(anatomy.vertebra(vertebra_name))
+    bodies = by_name.get("vertebral_bodies", np.full(p.s.shape, np.inf))
+    body_index = by_name.get("vertebral_body_index", np.full(p.s.shape, -1.0))
+    masks["vertebra"] = (bodies <= 0) & (body_index == index)
+    return masks
