@@ -47,8 +47,9 @@ def render_key_image(image: np.ndarray, masks: dict[str, np.ndarray], lines: lis
     font = ImageFont.load_default(size=max(12, picture.height // 36))
     y = 4
     for line in lines:
-        draw.text((6, y), line, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
-        y += int(font.size * 1.25)
+        for part in _wrap(draw, font, line, picture.width - 12):
+            draw.text((6, y), part, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+            y += int(font.size * 1.25)
     opposite = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
     row_direction = orientation[0]
     middle = picture.height // 2
@@ -57,6 +58,18 @@ def render_key_image(image: np.ndarray, masks: dict[str, np.ndarray], lines: lis
     draw.text((picture.width - font.size, middle), row_direction, fill=(255, 255, 0), font=font,
               stroke_width=2, stroke_fill=(0, 0, 0))
     return np.asarray(picture, dtype=np.uint8)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont, line: str, width: int) -> list[str]:
+    """Break a line at spaces so that each part fits `width` pixels (a long reason sentence would be cut off)."""
+    parts: list[str] = []
+    for word in line.split(" "):
+        candidate = f"{parts[-1]} {word}" if parts else word
+        if parts and draw.textlength(candidate, font=font) <= width:
+            parts[-1] = candidate
+        else:
+            parts.append(word)
+    return parts
 
 
 def summary_lines(result: dict[str, Any], algorithm_name: str, algorithm_version: str) -> list[str]:
