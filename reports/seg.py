@@ -38,10 +38,6 @@ STRUCTURES: tuple[Structure, ...] = (
 )
 
 
-def segment_number(mask_key: str) -> int:
-    return next(index for index, structure in enumerate(STRUCTURES, start=1) if structure.mask_key == mask_key)
-
-
 def build_segmentation(
     source: Dataset,
     masks: dict[str, np.ndarray],
@@ -52,7 +48,7 @@ def build_segmentation(
     Parameters
     ----------
     source:
-        The measured slice, with its pixel data (highdicom copies geometry and patient/study from it).
+        The measured slice (highdicom copies its geometry, patient and study).
     masks:
         Boolean arrays of the source's (Rows, Columns) shape under the keys `psoas_left`, `psoas_right`, `vertebra`.
     instance:

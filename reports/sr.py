@@ -2,7 +2,7 @@
 
 Content (PS3.16 TID 1500, built with highdicom):
 
-- one Planar ROI Measurements group (TID 1411) per structure (left psoas major, right psoas major, L4 vertebral
+- one Planar ROI Measurements group (TID 1410) per structure (left psoas major, right psoas major, L4 vertebral
   body), each holding its Area in mm2 and referring to the matching segment of the SEG by its segment number;
 - one Measurements group (TID 1501) for the study-level outcome: PLVI ({ratio}), the cut-off used ({ratio}),
   "Low psoas mass" Yes/No, the status, and the reason when the status is not `ok`;
@@ -119,7 +119,7 @@ def _structure_group(
     tracking_uid: str,
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> Any:
-    """TID 1411 with the region given by the SEG segment; TID 1501 (no region) when there is no SEG."""
+    """TID 1410 with the region given by the SEG segment; TID 1501 (no region) when there is no SEG."""
     finding_site = hd.sr.FindingSite(anatomic_location=structure.anatomic_region, laterality=structure.laterality)
     area = hd.sr.Measurement(
         name=codes.AREA,
