@@ -152,3 +152,16 @@ def test_analyze_out_names_the_files_sr_seg_and_keyimage(case, tmp_path):
     assert [pydicom.dcmread(p).Modality for p in paths] == ["SR", "SEG", "OT"]
     unmeasured = write_named_files(build(not_measurable(result), {}, source), tmp_path / "unmeasured")
     assert [p.name for p in unmeasured] == ["sr.dcm", "keyimage.dcm"]
+
+
+def test_areas_without_masks_are_reported_without_a_region(case, tmp_path):
+    source, _, result = case
+    objects = build(result, {}, source)
+    assert objects.seg is None
+    report = read_sr(objects, tmp_path).content
+    assert report.get_planar_roi_measurement_groups() == []
+    groups = report.get_image_measurement_groups()
+    areas = sorted(m.value for g in groups for m in g.get_measurements() if m.name == codes.AREA)
+    assert areas == sorted([result["psoas_left_mm2"], result["psoas_right_mm2"], result["vertebra_mm2"]])
+    errors, warnings = dciodvfy(tmp_path / source.StudyInstanceUID / f"{objects.sr.SOPInstanceUID}.dcm")
+    assert errors == [] and warnings == []
