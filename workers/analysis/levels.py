@@ -1,16 +1,19 @@
 """Find and label the lumbar vertebrae on a sagittal series and locate the upper endplate of L4.
 
 Method, on a 1 mm grid resampled in each sagittal slab with rows running caudally and columns posteriorly:
-1. Endplates are the long, nearly horizontal edges of the spine: the vertical intensity gradient averaged along
-   lines 30 mm long, tilted up to 40 degrees (lordosis tilts L5-S1 most), responds to them and little else, because
-   soft-tissue boundaries in a sagittal image run mostly craniocaudally.
-2. The vertebral column is the band of columns where those edges pile up; it is followed row by row (it curves with
-   the lordosis) and the edge response along it gives a craniocaudal profile whose peaks are the disc spaces, one
-   every vertebral pitch (about 28-45 mm in adults).
-3. Counting up from the sacrum: the lowest disc space with a vertebral body above it is L5-S1; the third disc from
-   the bottom is L3-L4, and the L4 upper endplate is the caudal surface of that disc.
+1. Endplates are long, nearly straight edges: the craniocaudal intensity gradient integrated along lines 36 mm long,
+   tilted up to 40 degrees (the lordosis tilts L5-S1 most), responds to them far more than to soft tissue.
+2. The midline is the slab where those edges repeat most regularly; the response is averaged over the slabs within
+   6 mm of it, where the 40-50 mm wide vertebral bodies look alike and bowel loops or facets do not.
+3. The vertebral column is the band of columns whose edge profile repeats at a vertebral pitch (25-50 mm), measured
+   by autocorrelation in 100 mm windows and followed by dynamic programming as the lordosis bends it. Along it the
+   peaks of the edge response are the disc spaces.
+4. Counting up from the sacrum: the lowest disc space is L5-S1 (unless it is much fainter than the discs above: a
+   sacral segment junction, still visible in young adults), the third from the bottom is L3-L4, and the L4 upper
+   endplate is the caudal surface of that disc.
 Transitional anatomy (six lumbar vertebrae, a sacralised L5) cannot be told apart without seeing the ribs, so the
-count reported is what was seen from the sacrum upwards, capped at five, and the confidence says how clear it was.
+count reported is what was seen from the sacrum upwards, capped at five, and the confidence says how clear the
+counting was: the pipeline sends any level below its confidence threshold to review.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ EDGE_SIGMA_MM = 1.5
 ENDPLATE_LENGTH_MM = 36.0
 TILTS_DEGREES = (-40, -30, -20, -10, 0, 10, 20, 30, 40)
 MIN_PITCH_MM = 22.0  # closest two disc spaces can be: a short vertebral body plus a thin disc
+MIDLINE_HALF_WIDTH_MM = 6.0  # slabs averaged either side of the midline: well inside the vertebral bodies
 BODY_HALF_WIDTH_MM = 8.0  # half the depth of the band sampled along the column: the central part of the bodies
 
 
@@ -105,15 +109,18 @@ def _line_kernel(length_mm: float, tilt_degrees: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-def endplate_response(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Strength of long nearly horizontal edges at each grid point, and the tilt (degrees) that gave it."""
+def tilted_edge_responses(image: np.ndarray) -> np.ndarray:
+    """Strength of long edges at each tilt of TILTS_DEGREES: (tilt, row, column), image scaled to its 99th centile."""
     scale = float(np.percentile(image, 99)) or 1.0
     gradient = np.abs(ndimage.gaussian_filter(image / scale, EDGE_SIGMA_MM / GRID_MM, order=(1, 0)))
-    responses = np.stack(
+    return np.stack(
         [signal.fftconvolve(gradient, _line_kernel(ENDPLATE_LENGTH_MM, tilt), mode="same") for tilt in TILTS_DEGREES]
     )
-    best = np.argmax(responses, axis=0)
-    return responses.max(axis=0), np.asarray(TILTS_DEGREES, dtype=float)[best]
+
+
+def endplate_response(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The strongest of the tilted responses at each grid point, and the tilt (degrees) that gave it."""
+    return responses.max(axis=0), np.asarray(TILTS_DEGREES, dtype=float)[np.argmax(responses, axis=0)]
 
 
 PERIOD_WINDOW_MM = 100.0
@@ -122,42 +129,29 @@ PITCH_RANGE_MM = (25.0, 50.0)
 
 
 def _periodicity(response: np.ndarray) -> np.ndarray:
-    """For row windows of 100 mm, how much of each column band's edge profile repeats at a vertebral pitch.
+    """For row windows of 100 mm, how strongly each column band's edge profile repeats at a vertebral pitch.
 
-    Returns (window, column) power shares in 0..1. Endplates repeat every vertebra; posterior elements repeat too but
-    less cleanly, and soft tissue not at all.
+    Returns (window, column) peak autocorrelations (-1..1) at lags of one pitch: endplates repeat every vertebra
+    whatever the shape of the profile between them; posterior elements repeat too but less cleanly, soft tissue not.
     """
     band = ndimage.uniform_filter1d(response, int(2 * BODY_HALF_WIDTH_MM / GRID_MM), axis=1)
     window = int(PERIOD_WINDOW_MM / GRID_MM)
+    lags = np.arange(int(PITCH_RANGE_MM[0] / GRID_MM), int(PITCH_RANGE_MM[1] / GRID_MM) + 1)
     starts = range(0, max(1, band.shape[0] - window + 1), int(PERIOD_STEP_MM / GRID_MM))
-    frequencies = np.fft.rfftfreq(window, GRID_MM)
-    in_pitch = (frequencies > 1 / PITCH_RANGE_MM[1]) & (frequencies < 1 / PITCH_RANGE_MM[0])
-    taper = np.hanning(window)[:, None]
+    n_fft = 2 * window
     shares = []
     for start in starts:
         segment = band[start : start + window]
         if segment.shape[0] < window:
             segment = np.pad(segment, ((0, window - segment.shape[0]), (0, 0)), mode="edge")
-        spectrum = np.abs(np.fft.rfft((segment - segment.mean(axis=0)) * taper, axis=0)) ** 2
-        shares.append(spectrum[in_pitch].sum(axis=0) / (spectrum[1:].sum(axis=0) + 1e-12))
+        centred = segment - segment.mean(axis=0)
+        spectrum = np.fft.rfft(centred, n=n_fft, axis=0)
+        autocorrelation = np.fft.irfft(np.abs(spectrum) ** 2, n=n_fft, axis=0)[: window]
+        # Unbiased: each lag averages over the overlap it has, so a 39 mm pitch is not penalised against 25 mm.
+        autocorrelation = autocorrelation / (window - np.arange(window))[:, None]
+        autocorrelation = autocorrelation / (autocorrelation[0] + 1e-12)
+        shares.append(autocorrelation[lags].max(axis=0))
     return np.asarray(shares)
-
-
-def _anterior_band(shares: np.ndarray) -> np.ndarray:
-    """Keep, in each row window, only the most anterior strongly periodic band of columns.
-
-    The posterior elements repeat at the same pitch as the bodies and are often as periodic; the bodies are the
-    most anterior of the two, and nothing in front of the spine repeats at that pitch.
-    """
-    weighted = np.zeros_like(shares)
-    columns = np.arange(shares.shape[1])
-    for w, share in enumerate(shares):
-        smooth = ndimage.gaussian_filter1d(share, 3.0 / GRID_MM)
-        peaks, _ = signal.find_peaks(smooth)
-        strong = [p for p in peaks if smooth[p] >= 0.6 * smooth.max()]
-        anterior = min(strong) if strong else int(np.argmax(smooth))
-        weighted[w] = share * np.exp(-0.5 * ((columns - anterior) / (12.0 / GRID_MM)) ** 2)
-    return weighted
 
 
 def _column_path(shares: np.ndarray, n_rows: int) -> np.ndarray:
@@ -185,9 +179,9 @@ def _column_path(shares: np.ndarray, n_rows: int) -> np.ndarray:
     return np.interp(np.arange(n_rows), centres, path.astype(float))
 
 
-def _band_profile(image: np.ndarray, path: np.ndarray) -> np.ndarray:
-    """Mean of an image over the body band (path +- BODY_HALF_WIDTH_MM) at every row."""
-    half = int(BODY_HALF_WIDTH_MM / GRID_MM)
+def _band_profile(image: np.ndarray, path: np.ndarray, half_width_mm: float = BODY_HALF_WIDTH_MM) -> np.ndarray:
+    """Mean of an image over a band of columns around the path at every row."""
+    half = int(half_width_mm / GRID_MM)
     columns = np.arange(image.shape[1])
     profile = np.empty(image.shape[0])
     for row, centre in enumerate(path):
@@ -209,24 +203,29 @@ def _disc_rows(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 EDGE_MARGIN_MM = 6.0  # disc candidates closer than this to the top or bottom of the field are cut and unreliable
-MIN_DISC_PROMINENCE = 0.1
-SACRAL_TILT_DEGREES = 10.0  # lordosis tilts L5-S1 anterior end down; the sacral surfaces below tilt the other way
+MIN_DISC_PROMINENCE = 0.06
+# A lowest candidate much fainter than the discs above it is a sacral segment junction (S1-S2 is often still seen
+# in young adults) or noise below the field's useful part, not L5-S1: L5-S1 is among the strongest disc spaces.
+SACRAL_REMNANT_PROMINENCE = 0.5
 
 
-def _best_slab(grid: SagittalGrid) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """The slab where the vertebral pitch stands out most (the midline), with its edge response, tilt and shares."""
-    best: tuple[float, int, np.ndarray, np.ndarray, np.ndarray] | None = None
-    for index, image in enumerate(grid.images):
-        if not np.any(image):
-            continue
-        response, tilt = endplate_response(image)
-        shares = _periodicity(response)
-        score = float(shares.max(axis=1).mean())
-        if best is None or score > best[0]:
-            best = (score, index, response, tilt, shares)
-    if best is None:
-        raise ValueError("the sagittal series holds no image content")
-    return best[1], best[2], best[3], best[4]
+def _midline(grid: SagittalGrid) -> tuple[int, np.ndarray, np.ndarray]:
+    """The slab where the vertebral pitch stands out most (the midline), and the edge response and tilt averaged
+    over the slabs within MIDLINE_HALF_WIDTH_MM of it.
+
+    Vertebral bodies are 40-50 mm wide, so their endplates are in every one of those slabs at the same place;
+    bowel loops and posterior elements change from slab to slab and average out."""
+    responses = [tilted_edge_responses(image) if np.any(image) else None for image in grid.images]
+    scores = [
+        float(_periodicity(endplate_response(r)[0]).max(axis=1).mean()) if r is not None else -np.inf
+        for r in responses
+    ]
+    best = int(np.argmax(scores))
+    spacing = float(np.linalg.norm(grid.slab_step)) or 1.0
+    reach = int(MIDLINE_HALF_WIDTH_MM // spacing)
+    near = [r for r in responses[max(0, best - reach) : best + reach + 1] if r is not None]
+    response, tilt = endplate_response(np.mean(near, axis=0))
+    return best, response, tilt
 
 
 def _caudal_endplate_row(response: np.ndarray, path: np.ndarray, disc_row: int) -> float:
@@ -242,10 +241,12 @@ def _caudal_endplate_row(response: np.ndarray, path: np.ndarray, disc_row: int) 
 def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> LevelFinding:
     """Label the lumbar discs from the sacrum upwards and return the L4 upper endplate as a plane in patient mm."""
     grid = resample_sagittal(volume, geometry)
-    slab, response, tilt, shares = _best_slab(grid)
+    slab, response, tilt = _midline(grid)
     n_rows = response.shape[0]
-    path = _column_path(_anterior_band(shares), n_rows)
-    peaks, prominence = _disc_rows(_band_profile(response, path))
+    path = _column_path(_periodicity(response), n_rows)
+    # The response already integrates 36 mm along each edge's own tilt: sampling the path alone keeps tilted discs
+    # (L5-S1) sharp, where averaging a band of columns at one row would smear them.
+    peaks, prominence = _disc_rows(_band_profile(response, path, half_width_mm=2.0))
     margin = EDGE_MARGIN_MM / GRID_MM
     keep = (prominence >= MIN_DISC_PROMINENCE) & (peaks >= margin) & (peaks <= n_rows - 1 - margin)
     discs, prominence = list(peaks[keep]), list(prominence[keep])
@@ -256,17 +257,18 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
         return float(np.median(tilt[max(0, row - 2) : row + 3, max(0, centre - half) : centre + half + 1]))
 
     sacral_dropped = 0
-    while discs and disc_tilt(discs[-1]) > SACRAL_TILT_DEGREES:
+    if len(discs) >= 4 and prominence[-1] < SACRAL_REMNANT_PROMINENCE * float(np.median(prominence[:-1])):
         discs.pop()
         prominence.pop()
-        sacral_dropped += 1
+        sacral_dropped = 1
     evidence: dict[str, float] = {"slab": float(slab), "discs_found": float(len(discs))}
     if len(discs) < 3:
         return LevelFinding(None, None, 0.0, "l4_not_found", evidence)
 
     l5_s1, l4_l5, l3_l4 = discs[-1], discs[-2], discs[-3]
     pitches = np.diff(discs[-4:] if len(discs) >= 4 else discs[-3:])
-    regular = bool(np.all((pitches >= PITCH_RANGE_MM[0] * 0.85) & (pitches <= PITCH_RANGE_MM[1])))
+    # Peaks sit on either surface of a disc, so a pitch measured between them is uncertain by about 5 mm.
+    regular = bool(np.all((pitches >= PITCH_RANGE_MM[0] - 5) & (pitches <= PITCH_RANGE_MM[1] + 5)))
     endplate_row = _caudal_endplate_row(response, path, l3_l4)
     endplate_tilt = np.radians(disc_tilt(int(round(endplate_row))))
     point = grid.to_patient(slab, endplate_row, path[int(round(endplate_row))])
@@ -274,7 +276,8 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
     normal = unit(np.cos(endplate_tilt) * cranial + np.sin(endplate_tilt) * grid.posterior)
 
     clarity = float(np.mean(prominence[-3:]))
-    confidence = clarity * (1.0 if regular else 0.5) * (0.9 if sacral_dropped else 1.0)
+    # Dropping a faint lowest candidate is a judgement call: half the confidence, so a human checks the level.
+    confidence = clarity * (1.0 if regular else 0.5) * (0.5 if sacral_dropped else 1.0)
     if l5_s1 > n_rows - 1 - 15 / GRID_MM:
         confidence *= 0.8  # the field ends just below L5-S1: the sacrum itself is barely seen
     evidence.update(
