@@ -161,17 +161,21 @@ class RecordWriter:
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="plvi-record-writer", daemon=True)
+        self._stopping = False
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         """Commit what is queued, then stop the thread."""
+        self._stopping = True
         self._queue.put(None)
         self._thread.join()
 
     def record(self, record: InstanceRecord, timeout: float = 60.0) -> None:
         """Return once the row is committed; raise the database's error (or TimeoutError) if it is not."""
+        if self._stopping:
+            raise RuntimeError("the listener is shutting down; the peer should send this instance again")
         pending = _Pending(record, Future())
         self._queue.put(pending)
         pending.done.result(timeout=timeout)

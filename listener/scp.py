@@ -74,7 +74,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_PARSE = 0xC000
-MISSING_UID = 0xC001
+MISSING_OR_INVALID_UID = 0xC001
 SOP_INSTANCE_UID_MISMATCH = 0xC002
 
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -133,10 +133,10 @@ def record_for(
     uids = {keyword: _text(dataset, keyword) for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     missing = [keyword for keyword, uid in uids.items() if not uid]
     if missing:
-        raise BadInstance(MISSING_UID, f"data set lacks {', '.join(missing)}")
+        raise BadInstance(MISSING_OR_INVALID_UID, f"data set lacks {', '.join(missing)}")
     unsafe = [f"{keyword}={uid!r}" for keyword, uid in uids.items() if not is_safe_uid(uid)]
     if unsafe:
-        raise BadInstance(MISSING_UID, f"not a valid UID: {', '.join(unsafe)}")
+        raise BadInstance(MISSING_OR_INVALID_UID, f"not a valid UID: {', '.join(unsafe)}")
     if uids["SOPInstanceUID"] != str(request.AffectedSOPInstanceUID).strip():
         raise BadInstance(
             SOP_INSTANCE_UID_MISMATCH,
@@ -319,6 +319,10 @@ class Listener:
         try:
             record = record_for(read_header(dataset_bytes, transfer_syntax), event.request, peer, transfer_syntax)
         except BadInstance as bad:
+            self._quarantine(bad, peer, event, dataset_bytes)
+            return bad.status
+        except Exception as error:  # a value pydicom cannot convert, or worse: still the peer's data, not our fault
+            bad = BadInstance(CANNOT_PARSE, f"data set cannot be understood: {_first_line(error)}")
             self._quarantine(bad, peer, event, dataset_bytes)
             return bad.status
         try:

@@ -17,10 +17,15 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, _config
 
-from listener.scp import CANNOT_PARSE, MISSING_UID, SOP_INSTANCE_UID_MISMATCH
+from listener.scp import (
+    CANNOT_PARSE,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    MISSING_OR_INVALID_UID,
+    SOP_INSTANCE_UID_MISMATCH,
+)
 from plvi.models import Instance
 from plvi.settings import Settings
 from tests.dicom_factory import data_set_bytes, write_mr_study, write_secondary_capture
@@ -164,11 +169,15 @@ def test_bad_data_sets_are_refused_and_quarantined_and_the_listener_keeps_servin
     cases = {
         "non-DICOM bytes": (b"%PDF-1.4 this is not DICOM\n" * 40, generate_uid(), CANNOT_PARSE),
         "random bytes": (rng.randbytes(3000), generate_uid(), CANNOT_PARSE),
-        "no SOP Instance UID": (encoded(template, without="SOPInstanceUID"), generate_uid(), MISSING_UID),
+        "no SOP Instance UID": (encoded(template, without="SOPInstanceUID"), generate_uid(), MISSING_OR_INVALID_UID),
         "truncated": (complete[: len(complete) * 2 // 3], dcmread(template).SOPInstanceUID, CANNOT_PARSE),
         "UID differs from request": (complete, generate_uid(), SOP_INSTANCE_UID_MISMATCH),
+        "SOP class differs from request": (
+            encoded(template, SOPClassUID=CTImageStorage), dcmread(template).SOPInstanceUID,
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        ),
         "UID that walks out of the spool": (
-            encoded(template, StudyInstanceUID="../../../escaped"), dcmread(template).SOPInstanceUID, MISSING_UID
+            encoded(template, StudyInstanceUID="../../../escaped"), dcmread(template).SOPInstanceUID, MISSING_OR_INVALID_UID
         ),
     }
     with running_listener(settings, sqlite_url):
