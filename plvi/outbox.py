@@ -100,16 +100,21 @@ def publish_pending(settings: Settings, engine: Engine, celery_app: Celery, now:
     return published
 
 
-def redeliver_unfinished(settings: Settings, engine: Engine, now: datetime | None = None) -> int:
-    """Make rows published longer than `redeliver_after_seconds` ago, and not done, pending again."""
+def redeliver_unfinished(
+    settings: Settings, engine: Engine, now: datetime | None = None, *, older_than_seconds: float | None = None
+) -> int:
+    """Make rows published longer than `older_than_seconds` (default `redeliver_after_seconds`) ago, and not done,
+    pending again."""
     now = now or utcnow()
+    if older_than_seconds is None:
+        older_than_seconds = settings.redeliver_after_seconds
     with session_scope(engine) as session:
         result = session.execute(
             update(OutboxMessage)
             .where(
                 OutboxMessage.state == "published",
                 OutboxMessage.kind.in_(TASK_FOR_KIND),
-                OutboxMessage.published_at <= now - timedelta(seconds=settings.redeliver_after_seconds),
+                OutboxMessage.published_at <= now - timedelta(seconds=older_than_seconds),
             )
             .values(state="pending", next_attempt_at=now, last_error="published but not finished; sent again")
         )

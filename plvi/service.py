@@ -54,6 +54,12 @@ def run_service(settings: Settings) -> None:
     upgrade_database(url)
     engine = make_engine(url)
     celery_app = make_celery(settings)
+    if settings.broker_is_embedded:
+        # The embedded queue forgets a message its worker had taken when that worker is killed outright (kombu's
+        # SQL transport has no visibility timeout), and its workers are our children, killed with us: so at start,
+        # publish every unfinished analysis again rather than wait `redeliver_after_seconds` (a repeat is
+        # idempotent).
+        redeliver_unfinished(settings, engine, older_than_seconds=0)
     # Workers first: forking before the listener and scheduler start threads keeps the children clean.
     workers = WorkerProcess(settings) if settings.serve_workers > 0 else None
     if workers:

@@ -184,6 +184,24 @@ def test_study_stored_before_a_sigkill_is_dispatched_once_after_restart(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_analysis_the_embedded_queue_lost_is_published_again_when_serve_restarts(
+    serve: Serve, engine: Engine, study_files: list[Path]
+) -> None:
+    serve.start(serve_workers=0)
+    send(serve, study_files)
+    wait_for(lambda: [m for m in outbox_rows(engine) if m.state == "published"], what="the study published")
+    assert serve.process is not None
+    serve.process.kill()
+    serve.process.wait()
+    # What a worker killed mid-task leaves behind: the message gone from the queue, no analysis.
+    for path in Path(serve.environment["PLVI_DATA_DIR"]).glob("broker.db*"):
+        path.unlink()
+
+    serve.start(serve_workers=1)
+    assert_recorded_once(engine, study_files)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_study_sent_while_redis_is_down_is_stored_and_queued_when_redis_returns(
     serve: Serve, engine: Engine, study_files: list[Path], tmp_path: Path
 ) -> None:
