@@ -32,9 +32,9 @@ def test_json_output_is_only_the_result_object_on_stdout(tmp_path: Path) -> None
     assert (result["status"], result["reason"]) == ("not_measurable", "no_sagittal")
 
 
-@pytest.mark.skipif(not (REAL_DATA / "ivd20-t2sag").exists(), reason="real sagittal case missing")
+@pytest.mark.skipif(not (REAL_DATA / "ivd46-t2sag").exists(), reason="real sagittal case missing")
 def test_out_writes_the_result_the_overlay_the_masks_and_the_dicom_objects_of_the_chosen_slice(tmp_path: Path) -> None:
-    folder, _ = _ivd_study_with_axial(tmp_path, "ivd20-t2sag", list(np.arange(-60.0, 20.0, 4.0)))
+    folder, _ = _ivd_study_with_axial(tmp_path, "ivd46-t2sag", list(np.arange(-60.0, 20.0, 4.0)))
     out = tmp_path / "out"
     completed = run_analyze(folder, "--json", "--out", out, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr

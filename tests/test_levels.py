@@ -55,11 +55,20 @@ def _stack(z_values: list[float], orientation: tuple[float, ...] = AXIAL) -> lis
     return slices
 
 
-def test_the_slice_just_caudal_to_the_endplate_is_chosen_with_its_signed_distance() -> None:
+def test_the_most_cranial_slice_whose_slab_lies_wholly_below_the_endplate_is_chosen() -> None:
     endplate = Plane(np.array([0.0, 0.0, 10.0]), np.array([0.0, 0.0, 1.0]))
-    choice = choose_axial_slice(_stack([-2.0, 2.0, 7.0, 11.0, 14.0, 18.0]), endplate)
-    assert choice.index == 2
-    assert choice.slice_to_endplate_mm == pytest.approx(3.0)
+    stack = _stack([-2.0, 2.0, 6.0, 8.5, 14.0, 18.0])
+    # 4 mm slabs: the one centred 1.5 mm below the endplate still reaches into the disc; 1 mm slabs do not.
+    choice = choose_axial_slice(stack, endplate, [4.0] * len(stack))
+    assert (choice.index, choice.slice_to_endplate_mm) == (2, pytest.approx(4.0))
+    assert choose_axial_slice(stack, endplate, [1.0] * len(stack)).index == 3
+
+
+def test_with_thick_slices_and_none_wholly_below_the_deepest_caudal_slice_is_taken() -> None:
+    endplate = Plane(np.array([0.0, 0.0, 10.0]), np.array([0.0, 0.0, 1.0]))
+    stack = _stack([4.0, 12.0, 20.0])
+    assert choose_axial_slice(stack, endplate, [8.0] * 3).slice_to_endplate_mm == pytest.approx(6.0)
+    assert choose_axial_slice(stack, endplate, [14.0] * 3).slice_to_endplate_mm == pytest.approx(6.0)
 
 
 def test_an_angled_slice_is_placed_where_it_crosses_the_vertebral_body_not_where_its_field_of_view_is_centred() -> None:

@@ -24,7 +24,7 @@ EXPECTED_REAL = {
     "chaos12-t2spir": ("not_measurable", "no_sagittal"),
     "totalseg-ct": ("not_measurable", "not_mri"),
     "ivd11-t2sag": ("not_measurable", "no_axial_t2"),
-    "ivd20-t2sag": ("not_measurable", "no_axial_t2"),
+    "ivd46-t2sag": ("not_measurable", "no_axial_t2"),
     "ivd25-t2sag": ("not_measurable", "no_axial_t2"),
     "ivd42-t2sag": ("not_measurable", "no_axial_t2"),
     "ivd46-t2sag": ("not_measurable", "no_axial_t2"),
@@ -90,9 +90,9 @@ def _ivd_study_with_axial(tmp_path: Path, case: str, z_values: list[float]) -> t
     return folder, reference
 
 
-@pytest.mark.skipif(not (REAL_DATA / "ivd20-t2sag").exists(), reason="real sagittal case missing")
+@pytest.mark.skipif(not (REAL_DATA / "ivd46-t2sag").exists(), reason="real sagittal case missing")
 def test_the_axial_slice_just_below_the_l4_endplate_found_on_the_sagittal_is_segmented(tmp_path: Path) -> None:
-    folder, reference = _ivd_study_with_axial(tmp_path, "ivd20-t2sag", list(np.arange(-60.0, 20.0, 4.0)))
+    folder, reference = _ivd_study_with_axial(tmp_path, "ivd46-t2sag", list(np.arange(-60.0, 20.0, 4.0)))
     analysis = analyze_paths([folder], 0.79)
     result = analysis.result
     endplate_z = reference["point_mm"][2]
@@ -108,9 +108,9 @@ def test_the_axial_slice_just_below_the_l4_endplate_found_on_the_sagittal_is_seg
     assert {"find_level", "choose_slice", "segment", "total"} <= set(result["timings_ms"])
 
 
-@pytest.mark.skipif(not (REAL_DATA / "ivd20-t2sag").exists(), reason="real sagittal case missing")
+@pytest.mark.skipif(not (REAL_DATA / "ivd46-t2sag").exists(), reason="real sagittal case missing")
 def test_an_axial_stack_that_misses_the_top_of_l4_is_l4_not_covered(tmp_path: Path) -> None:
-    folder, _ = _ivd_study_with_axial(tmp_path, "ivd20-t2sag", [40.0, 44.0, 48.0, 52.0])
+    folder, _ = _ivd_study_with_axial(tmp_path, "ivd46-t2sag", [40.0, 44.0, 48.0, 52.0])
     result = analyze_paths([folder], 0.79).result
     assert (result["status"], result["reason"]) == ("not_measurable", "l4_not_covered")
     assert result["level"] is not None

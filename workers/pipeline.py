@@ -188,7 +188,11 @@ def _analyze(series_list: list[SeriesHeader], analysis: StudyAnalysis, timer: _T
         return
 
     with timer.step("choose_slice"):
-        slice_choice = choose_axial_slice([s.geometry for s in choice.axial_slices], level.upper_endplate_l4)
+        slice_choice = choose_axial_slice(
+            [s.geometry for s in choice.axial_slices],
+            level.upper_endplate_l4,
+            [s.header.slice_thickness for s in choice.axial_slices],
+        )
     if slice_choice.index is None:
         _refuse(analysis, "l4_not_covered")
         return

@@ -80,6 +80,7 @@ def _instance_header(path: Path, dataset: pydicom.Dataset) -> InstanceHeader:
         number_of_frames=_int_or_none(dataset.get("NumberOfFrames")) or 1,
         echo_time=_float_or_none(dataset.get("EchoTime")),
         acquisition_number=_int_or_none(dataset.get("AcquisitionNumber")),
+        slice_thickness=_float_or_none(dataset.get("SliceThickness")),
     )
 
 

@@ -50,6 +50,7 @@ class InstanceHeader:
     number_of_frames: int = 1
     echo_time: float | None = None
     acquisition_number: int | None = None
+    slice_thickness: float | None = None
 
 
 @dataclass(frozen=True)
