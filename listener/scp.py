@@ -79,6 +79,7 @@ SOP_INSTANCE_UID_MISMATCH = 0xC002
 
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 UNDEFINED_LENGTH = 0xFFFFFFFF
+MAX_INFLATED_BYTES = 1024 * 2**20
 
 
 class BadInstance(Exception):
@@ -105,11 +106,13 @@ def read_header(data: bytes | memoryview, transfer_syntax: str) -> Dataset:
     """Parse the data set as received, checking that it is complete; pixel data stays undecoded bytes."""
     try:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:  # PS3.5 A.5: the whole data set is raw deflate
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
+            data = _inflate(data)
         implicit = transfer_syntax == ImplicitVRLittleEndian
         dataset = read_dataset(BytesIO(data), is_implicit_VR=implicit, is_little_endian=True)
         keywords_present = [keyword for keyword in PIXEL_DATA_KEYWORDS if keyword in dataset]
         last = dataset.get_item(next(reversed(dataset.keys()))) if len(dataset) else None  # raw, as read
+    except BadInstance:
+        raise
     except Exception as error:
         raise BadInstance(CANNOT_PARSE, f"data set cannot be parsed: {error}") from error
     if not keywords_present or last is None:
@@ -119,6 +122,15 @@ def read_header(data: bytes | memoryview, transfer_syntax: str) -> Dataset:
     if declared not in (None, UNDEFINED_LENGTH) and last.value is not None and len(last.value) != declared:
         raise BadInstance(CANNOT_PARSE, f"data set is truncated: element {last.tag} declares {declared} bytes")
     return dataset
+
+
+def _inflate(data: bytes | memoryview) -> bytes:
+    """Inflate a deflated data set for reading, refusing a "zip bomb" that would exhaust memory."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = inflater.decompress(data, MAX_INFLATED_BYTES)
+    if inflater.unconsumed_tail:
+        raise BadInstance(CANNOT_PARSE, f"deflated data set inflates beyond {MAX_INFLATED_BYTES // 2**20} MB")
+    return inflated
 
 
 def _text(dataset: Dataset, keyword: str) -> str:

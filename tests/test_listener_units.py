@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from listener import scp
 from listener.access import (
     DIAGNOSTIC_CALLING_AE_NOT_RECOGNIZED,
     DIAGNOSTIC_NO_REASON_GIVEN,
@@ -99,3 +102,12 @@ def test_one_sop_instance_is_handled_by_one_thread_at_a_time(tmp_path: Path) -> 
         thread.join()
     assert not overlaps
     assert not spool._instance_locks, "locks of finished instances are released"
+
+
+def test_deflated_data_set_that_inflates_without_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scp, "MAX_INFLATED_BYTES", 2**20)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = deflater.compress(bytes(50 * 2**20)) + deflater.flush()
+    with pytest.raises(scp.BadInstance, match="inflates beyond") as refused:
+        scp.read_header(bomb, DeflatedExplicitVRLittleEndian)
+    assert refused.value.status == scp.CANNOT_PARSE
