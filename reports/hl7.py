@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import hl7
+from sqlalchemy import exists, func, or_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -34,6 +35,7 @@ OBSERVATIONS = (  # key in the result object, OBX-3 identifier, text, UCUM unit
     ("vertebra_mm2", "L4VB", "L4 vertebral body cross-sectional area", "mm2^square millimeter^UCUM"),
 )
 MAX_BACKOFF_SECONDS = 3600
+CONTENT_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 def escape(text: object) -> str:
@@ -59,13 +61,15 @@ def observation_status(analysis: Analysis, review: Review | None, correction: bo
     return "C" if correction else "F"
 
 
-def result_segments(study: Study, analysis: Analysis, review: Review | None, correction: bool) -> list[str]:
+def result_segments(
+    study: Study, analysis: Analysis, review: Review | None, correction: bool, analysed_at: datetime | None = None
+) -> list[str]:
     """PID, ORC, OBR, OBX and NTE segments: the clinical content, without the MSH header."""
     result = analysis.result or {}
     status = observation_status(analysis, review, correction)
     order_status = "C" if status == "W" else status  # OBR-25 (table 0123) has no W; a rejection corrects
     accession = escape(study.accession_number)
-    analysed = _hl7_time(analysis.created_at)
+    analysed = _hl7_time(analysed_at or analysis.created_at)
     obr = ["OBR", "1", "", f"{accession}^PLVI", f"PLVI^Psoas to L4 vertebral index^{CODING}", "", "", analysed]
     obr += [""] * 14 + [analysed, "", "", order_status]  # OBR-22 status change time, OBR-25 result status
     segments = [
@@ -97,8 +101,9 @@ def result_segments(study: Study, analysis: Analysis, review: Review | None, cor
 
 
 def content_digest(study: Study, analysis: Analysis, review: Review | None) -> str:
-    """What the RIS is told, whichever message tells it: final and correction carry the same content."""
-    segments = result_segments(study, analysis, review, correction=False)
+    """What the RIS is told, whichever message tells it and whenever it was measured: final and correction, or
+    a re-analysis that found the same, carry the same content."""
+    segments = result_segments(study, analysis, review, correction=False, analysed_at=CONTENT_EPOCH)
     return hashlib.sha256(json.dumps(segments).encode("utf-8")).hexdigest()
 
 
@@ -112,9 +117,10 @@ def build_message(settings: Settings, segments: list[str], control_id: str, now:
 
 
 def announce_result(settings: Settings, session: Session, study: Study, analysis: Analysis) -> Hl7Message | None:
-    """Queue an ORU for the study's current analysis and newest review when it says something new to the RIS.
+    """Queue an ORU for the study's current analysis and newest review when it tells the RIS something new.
 
-    Idempotent: the same analysis and review give the same key; unchanged content is not queued again."""
+    Idempotent: the same analysis and review give the same key. Content the RIS already has is booked as
+    `unchanged` (so it is not looked at again) and not sent."""
     if not study.accession_number:
         return None
     review = session.exec(
@@ -124,29 +130,44 @@ def announce_result(settings: Settings, session: Session, study: Study, analysis
     if session.exec(select(Hl7Message.id).where(Hl7Message.key == key)).first() is not None:
         return None
     earlier = session.exec(
-        select(Hl7Message).where(Hl7Message.accession_number == study.accession_number)
+        select(Hl7Message).where(Hl7Message.accession_number == study.accession_number,
+                                 Hl7Message.state != "unchanged")
         .order_by(Hl7Message.id.desc())  # type: ignore[union-attr]
     ).all()
     sent_before = any(message.state == "sent" for message in earlier)
     digest = content_digest(study, analysis, review)
-    if earlier and earlier[0].content_sha256 == digest:
-        return None
-    for stale in earlier:
-        if stale.state == "pending":  # the RIS needs only the newest word; an unsent older one is dropped
-            stale.state, stale.last_error = "superseded", "a newer result for this accession replaced it"
-            session.add(stale)
-    now = utcnow()
+    unchanged = bool(earlier) and earlier[0].content_sha256 == digest
     assert analysis.id is not None
     message = Hl7Message(key=key, accession_number=study.accession_number, study_instance_uid=study.study_instance_uid,
-                         analysis_id=analysis.id, review_id=review.id if review else None, control_id="",
-                         result_status="C" if sent_before else "F", message="", content_sha256=digest)
+                         analysis_id=analysis.id, review_id=review.id if review else None, control_id=key,
+                         result_status="C" if sent_before else "F", message="", content_sha256=digest,
+                         state="unchanged" if unchanged else "pending")
     session.add(message)
     session.flush()
     message.control_id = f"PLVI{message.id:016d}"
+    if unchanged:
+        session.add(message)
+        return None
+    for stale in earlier:
+        if stale.state == "pending":  # the RIS needs only the newest word; an unsent older one is dropped
+            stale.state, stale.last_error = "superseded", f"replaced by {message.control_id}"
+            session.add(stale)
     segments = result_segments(study, analysis, review, correction=sent_before)
-    message.message = build_message(settings, segments, message.control_id, now)
+    message.message = build_message(settings, segments, message.control_id, utcnow())
     session.add(message)
     return message
+
+
+def _unreported():  # type: ignore[no-untyped-def]
+    """Current analyses the RIS has not heard about, or whose newest review came after their last message."""
+    booked = select(Hl7Message.id).where(Hl7Message.analysis_id == Analysis.id)
+    last_review = (
+        select(func.coalesce(func.max(Hl7Message.review_id), 0))
+        .where(Hl7Message.analysis_id == Analysis.id)
+        .scalar_subquery()
+    )
+    newer_review = select(Review.id).where(Review.analysis_id == Analysis.id, Review.id > last_review)
+    return or_(~exists(booked), exists(newer_review))
 
 
 def sync_worklist_flags(settings: Settings, engine: Engine) -> int:
@@ -158,7 +179,8 @@ def sync_worklist_flags(settings: Settings, engine: Engine) -> int:
         rows = session.exec(
             select(Study, Analysis)
             .join(Analysis, Analysis.study_instance_uid == Study.study_instance_uid)  # type: ignore[arg-type]
-            .where(Analysis.superseded.is_(False), Analysis.status != "pending", Study.accession_number != "")  # type: ignore[attr-defined]
+            .where(Analysis.superseded.is_(False), Analysis.status != "pending", Study.accession_number != "",  # type: ignore[attr-defined]
+                   _unreported())
             .order_by(Analysis.id)
         ).all()
         for study, analysis in rows:

@@ -210,3 +210,19 @@ def test_nothing_is_sent_without_a_configured_ris_or_an_accession(hl7_settings, 
             session.add(study)
     assert sync_worklist_flags(hl7_settings, engine) == 0
     assert ris.received == []
+
+
+def test_a_reanalysis_with_the_same_result_sends_nothing_and_is_not_looked_at_again(hl7_settings, engine, ris):
+    study = seed_study(hl7_settings, engine, index=6, psoas_radius=9)
+    sync_worklist_flags(hl7_settings, engine)
+    deliver_hl7(hl7_settings, engine)
+    with session_scope(engine) as session:
+        old = session.get(Analysis, study.analysis_id)
+        old.superseded = True
+        session.add(old)
+        session.add(Analysis(study_instance_uid=study.study_uid, instance_set_hash="c" * 64, status="ok",
+                             plvi=old.plvi, low_psoas_mass=True, result=old.result, algorithm_version="0.1.0"))
+    assert sync_worklist_flags(hl7_settings, engine) == 0
+    assert [m.state for m in _messages(engine)] == ["sent", "unchanged"]
+    assert sync_worklist_flags(hl7_settings, engine) == 0 and len(_messages(engine)) == 2
+    assert deliver_hl7(hl7_settings, engine) == 0 and len(ris.received) == 1
