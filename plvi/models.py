@@ -169,7 +169,8 @@ class Hl7Message(SQLModel, table=True):
     result_status: str = Field(max_length=1)  # F final | C correction
     message: str = Field(sa_column=Column(Text, nullable=False))
     content_sha256: str = Field(max_length=64)  # the clinical content, so an unchanged result is not sent again
-    state: str = Field(default="pending", index=True, max_length=16)  # pending | sent | failed | superseded | unchanged
+    # pending | sent | failed | superseded (a newer one replaced it unsent) | unchanged (nothing new to tell)
+    state: str = Field(default="pending", index=True, max_length=16)
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
     created_at: datetime = Field(default_factory=utcnow)
