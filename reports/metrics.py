@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from plvi.models import Analysis, Hl7Message, Instance, OutboxMessage
+from reports.sender import STORE
 
 # Seconds; one analysis should take about one second on one core (issue 3), so the buckets straddle that.
 ANALYSIS_SECONDS_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -97,6 +98,13 @@ class DatabaseCollector:
             labels=["channel"],
         )
         failures.add_metric(["hl7"], session.exec(select(func.coalesce(func.sum(Hl7Message.attempts), 0))).one())
+        # The DICOM sender counts every attempt, the successful one included (reports/sender.py).
+        stores = select(
+            func.coalesce(func.sum(OutboxMessage.attempts), 0),
+            func.coalesce(func.sum(case((OutboxMessage.state == "done", 1), else_=0)), 0),
+        ).where(OutboxMessage.kind == STORE)
+        attempts, delivered = session.exec(stores).one()
+        failures.add_metric(["dicom"], attempts - delivered)
         yield failures
 
     def describe(self) -> Iterator[Metric]:

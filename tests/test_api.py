@@ -206,6 +206,8 @@ def test_metrics_count_from_the_database_and_health_reports_the_database(base_ur
     studies = seed_cohort(api_settings, engine, 7)
     with session_scope(engine) as session:
         session.add(OutboxMessage(key="analyze_study:x:y", kind="analyze_study"))
+        session.add(OutboxMessage(key="store:1:A@h:1", kind="store", state="done", attempts=3))
+        session.add(OutboxMessage(key="store:2:A@h:1", kind="store", state="failed", attempts=5))
         session.add(Analysis(study_instance_uid=studies[0].study_uid, instance_set_hash="old", status="ok",
                              superseded=True, result={"timings_ms": {"total": 3500.0}}))
     text = httpx.get(f"{base_url}/metrics").text
@@ -218,6 +220,8 @@ def test_metrics_count_from_the_database_and_health_reports_the_database(base_ur
     assert 'plvi_queue_depth{kind="analyze_study"} 1.0' in text
     assert 'plvi_analysis_seconds_bucket{le="1.0"} 7.0' in text and "plvi_analysis_seconds_count 8.0" in text
     assert 'plvi_send_failures_total{channel="hl7"} 0.0' in text
+    assert 'plvi_send_failures_total{channel="dicom"} 7.0' in text
+    assert 'plvi_outbox_failed{kind="store"} 1.0' in text
     assert httpx.get(f"{base_url}/health").json() == {"status": "ok", "checks": {"database": "ok"}}
 
 
