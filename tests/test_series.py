@@ -69,7 +69,8 @@ def test_localizers_and_derived_series_are_skipped_and_the_axial_t2_is_chosen(tm
     write_series(tmp_path / "loc", study_uid=study, frame_of_reference_uid=frame,
                  positions=axial_positions([0, 10, 20]), description="3-plane loc", image_type=("ORIGINAL", "PRIMARY"))
     write_series(tmp_path / "mpr", study_uid=study, frame_of_reference_uid=frame,
-                 positions=axial_positions(range(0, 80, 2)), image_type=("DERIVED", "SECONDARY", "MPR"))
+                 positions=axial_positions(range(0, 80, 2)), image_type=("DERIVED", "SECONDARY", "MPR"),
+                 description="T2 AX MPR")
     write_series(tmp_path / "t1", study_uid=study, frame_of_reference_uid=frame,
                  positions=axial_positions(range(0, 80, 4)), description="T1 AX", echo_time=10.0,
                  repetition_time=500.0)
@@ -77,7 +78,7 @@ def test_localizers_and_derived_series_are_skipped_and_the_axial_t2_is_chosen(tm
     skipped = {entry["description"]: entry["skipped"] for entry in choice.classified.values()}
     assert skipped["3-plane loc"] == "localizer"
     assert skipped["T2 TSE AX"] == ""
-    assert [entry["skipped"] for entry in choice.classified.values() if entry["images"] == "40"] == ["derived"]
+    assert skipped["T2 AX MPR"] == "derived"
     assert choice.axial_weighting == "T2"
     assert sorted(s.header.path for s in choice.axial_slices) == sorted(t2)
 
@@ -123,3 +124,14 @@ def test_index_and_patient_coordinates_round_trip_and_in_plane_directions_follow
     usual = slice_geometry((0.0, 0.0, 0.0), AXIAL, (1.0, 1.0), 64, 64)
     assert np.allclose(usual.in_plane_direction(PATIENT_LEFT), (0.0, 1.0))
     assert np.allclose(usual.in_plane_direction(-PATIENT_POSTERIOR), (-1.0, 0.0))
+
+
+def test_per_disc_blocks_in_one_series_are_axial_even_when_l5_s1_is_tilted_40_degrees(tmp_path: Path) -> None:
+    study, frame = generate_uid(), generate_uid()
+    for block, (z, tilt) in enumerate([(0.0, 40.0), (40.0, 12.0), (80.0, -5.0)]):
+        write_series(tmp_path / f"block{block}", study_uid=study, frame_of_reference_uid=frame, series_uid="1.2.3.4",
+                     positions=axial_positions([z - 4, z, z + 4]), orientation=tilted_axial(tilt), seed=block)
+    [series] = read_study_headers([tmp_path]).series
+    assert classify_series(series).orientation == "axial"
+    assert classify_series(series).skip_reason is None
+    assert len(choose_series([series]).axial_slices) == 9

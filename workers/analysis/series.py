@@ -30,6 +30,8 @@ MAX_OBLIQUE_DEGREES = 20.0
 # ImageType values (PS3.3 C.7.6.1.1.2 and vendor practice) of images that are not primary acquisitions to measure on.
 SKIPPED_IMAGE_TYPES = {"DERIVED", "SECONDARY", "LOCALIZER", "SCOUT", "REFORMATTED", "MPR", "PROJECTION IMAGE", "MIP"}
 LOCALIZER_WORDS = re.compile(r"\b(loc|locali[sz]er|scout|survey|3.?plane|tri.?pilot|plan)\b", re.IGNORECASE)
+# Per-disc blocks follow each disc's tilt; L5-S1 may be tilted 40 degrees or more from the table's axial plane.
+MAX_PER_DISC_TILT_DEGREES = 50.0
 # Stacks with at most this many slices, sharing a frame of reference, are taken as per-disc stacks of one set.
 PER_DISC_STACK_MAX_SLICES = 8
 
@@ -160,6 +162,8 @@ def classify_series(series: SeriesHeader) -> SeriesClass:
         orientation = "unknown"
     elif len(orientations) == 1:
         orientation = orientations.pop()
+    elif _is_per_disc_axial(series):
+        orientation = "axial"
     else:
         # A three-plane localizer mixes orientations; so would a series that is not one stack.
         orientation = "mixed"
@@ -173,6 +177,13 @@ def classify_series(series: SeriesHeader) -> SeriesClass:
         weighting = weighting_from_description(series.series_description or "")
         weighting_from = "description" if weighting != "unknown" else "none"
     return SeriesClass(orientation, weighting, skip_reason, weighting_from)
+
+
+def _is_per_disc_axial(series: SeriesHeader) -> bool:
+    """Blocks of axial slices, each angled along one disc: some within the axial limit, none steeper than a disc."""
+    tilts = [angle_between_degrees(slice_normal(i.orientation), PATIENT_SUPERIOR) for i in series.instances
+             if i.orientation]
+    return min(tilts) <= MAX_OBLIQUE_DEGREES and max(tilts) <= MAX_PER_DISC_TILT_DEGREES
 
 
 def _stacks_of(series: SeriesHeader) -> list[list[InstanceHeader]]:
