@@ -95,6 +95,7 @@ class Anatomy:
     kidney_s: float
     vessels_bright: bool  # slow flow: the IVC loses its flow void (a trap for psoas segmentation)
     marrow_fat: float  # fatty marrow brightens the vertebrae on T1 and T2 TSE with age
+    iliac_crest_s: float  # arc length of the top of the iliac crests (usually level with L4-L5)
 
     def vertebra(self, name: str) -> Vertebra:
         for vertebra in self.vertebrae:
@@ -278,9 +279,9 @@ def sample_anatomy(
         _psoas_profile(rng, vertebrae, psoas_l4 * (1 - asymmetry), fat_fraction),
     ]
     l1 = next(v for v in vertebrae if v.name == "L1")
-    waves = rng.normal(0.0, 1.0, size=(10, 3))
+    waves = rng.normal(0.0, 1.0, size=(6, 3))
     waves /= np.linalg.norm(waves, axis=1, keepdims=True)
-    waves *= (2 * np.pi / rng.uniform(30.0, 70.0, size=10))[:, None]
+    waves *= (2 * np.pi / rng.uniform(30.0, 70.0, size=6))[:, None]
     yaw_limit, roll_limit = (8.0, 6.0) if hard else (3.0, 2.5)
     rotation = _rotation(rng.uniform(-yaw_limit, yaw_limit), rng.uniform(-roll_limit, roll_limit))
     origin = np.array([rng.uniform(-10, 10), rng.uniform(-15, 15), rng.uniform(-170, -120)])
@@ -309,10 +310,11 @@ def sample_anatomy(
         bifurcation_s=float(l4.s_middle + rng.uniform(-8, 8)),
         disc_degeneration=tuple(float(x) for x in rng.beta(1.5, 2.5 if not hard else 1.2, size=len(vertebrae))),
         texture_waves=waves,
-        texture_phases=rng.uniform(0, 2 * np.pi, size=10),
+        texture_phases=rng.uniform(0, 2 * np.pi, size=6),
         kidney_s=float(l1.s_bottom - rng.uniform(-5, 20)),
         vessels_bright=bool(hard and rng.random() < 0.3),
         marrow_fat=float(rng.uniform(0.3, 0.7)),
+        iliac_crest_s=float(l4.s_bottom + rng.uniform(-12.0, 6.0)),
     )
 
 

@@ -164,7 +164,7 @@ def mr_dataset(
     ds.SOPInstanceUID = sop_uid
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study.study_date
     ds.StudyTime = study.study_time
-    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = f"{int(study.study_time[:2]):02d}{series.number:02d}00"
+    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = f"{int(study.study_time[:2]):02d}{series.number % 60:02d}00"
     ds.AccessionNumber = study.accession
     ds.Modality = "MR"
     ds.Manufacturer = vendor.manufacturer

@@ -85,8 +85,8 @@ class BiasField:
 
 def rician(magnitude: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Magnitude of the signal plus complex Gaussian noise: Rician, with the noise floor in the background."""
-    real = magnitude + rng.normal(0.0, sigma, size=magnitude.shape)
-    imaginary = rng.normal(0.0, sigma, size=magnitude.shape)
+    real = magnitude + np.float32(sigma) * rng.standard_normal(magnitude.shape, dtype=np.float32)
+    imaginary = np.float32(sigma) * rng.standard_normal(magnitude.shape, dtype=np.float32)
     return np.hypot(real, imaginary)
 
 

@@ -19,7 +19,8 @@ from workers.phantom.stacks import SlicePlane
 
 Signals = Mapping[str, float]
 
-SQUIRCLE = np.float32(0.45)  # vertebral endplates are boxier than ellipses
+SQUIRCLE = np.float32(0.45)
+ERECTOR_DEPTH = 21.0  # half depth of the paraspinal muscle mass behind the canal (mm)  # vertebral endplates are boxier than ellipses
 
 
 @dataclass
@@ -211,50 +212,60 @@ def posterior_elements_distance(anatomy: Anatomy, t: SpineTables, p: Points, ind
     return np.minimum(_arch_distance(anatomy, t, p, index), _arch_distance(anatomy, t, p, above))
 
 
+def _capsule(u: np.ndarray, v: np.ndarray, start: tuple, end: tuple, radius: float) -> np.ndarray:
+    """Signed distance in the (u, v) plane to a segment from `start` to `end` thickened by `radius`."""
+    du, dv = end[0] - start[0], end[1] - start[1]
+    fraction = np.clip(((u - start[0]) * du + (v - start[1]) * dv) / (du * du + dv * dv + 1e-6), 0.0, 1.0)
+    return np.hypot(u - start[0] - fraction * du, v - start[1] - fraction * dv) - radius
+
+
 def _arch_distance(anatomy: Anatomy, t: SpineTables, p: Points, index: np.ndarray) -> np.ndarray:
-    """Pedicles, transverse processes, laminae, spinous processes and facet joints of vertebrae `index`."""
-    lo = t.s_bottom[index].astype(np.float32)
-    hi = t.s_top[index].astype(np.float32)
+    """Pedicles, transverse processes, laminae, spinous process and articular processes of vertebrae `index`.
+
+    In the axial plane the arch is a ring around the canal: pedicles run back from the body, the laminae meet in a
+    roof behind the canal where the spinous process starts, transverse processes leave sideways at the junction."""
+    lo = t.s_bottom[index]
+    hi = t.s_top[index]
     height = hi - lo
     canal_v, cu, cv = canal_geometry(anatomy, p.depth)
-    b = p.depth
+    a, b = t.half_width[index], t.half_depth[index]
     au = np.abs(p.u)
+    junction = (cu + 3.5, canal_v + 1.0)
+    roof = (0.0, canal_v + cv + 4.5)
     pedicle = np.maximum(
-        _ellipse_distance(au - (cu + 3.5), p.s - (lo + 0.62 * height), 4.5, 0.22 * height),
-        _box_distance((p.v - 0.5 * (b * 0.6 + canal_v + 2), 0.5 * (canal_v + 2 - b * 0.6))),
+        _capsule(au, p.v, (0.5 * a, 0.8 * b), junction, 4.2), np.abs(p.s - (lo + 0.64 * height)) - 0.2 * height
     )
-    process_length = t.process[index].astype(np.float32)
+    process_length = t.process[index]
     transverse = np.maximum(
-        _ellipse_distance(p.v - (canal_v - 1.0), p.s - (lo + 0.55 * height), 4.5, 5.5),
-        _box_distance((au - (cu + 1.5 + 0.5 * (process_length + 2)), 0.5 * (process_length + 2) + 1.5)),
+        _capsule(au, p.v, junction, (junction[0] + process_length, canal_v - 3.0), 3.2),
+        np.abs(p.s - (lo + 0.58 * height)) - 4.5,
     )
-    lamina_v = canal_v + cv + 2.5 - 0.12 * au
-    lamina = _box_distance(
-        (p.v - lamina_v, 3.2), (p.u, cu + 7.0), (p.s - (0.5 * (lo - 7) + 0.5 * (hi - 9)), 0.5 * (height + 2 - 9))
+    lamina = np.maximum(
+        _capsule(au, p.v, (junction[0], junction[1] + 2.0), roof, 2.8),
+        np.abs(p.s - (lo + 0.5 * height - 8.0)) - (0.5 * height + 1.0),
     )
-    spine_start = canal_v + cv + 4.0
-    depth = np.clip(p.v - spine_start, 0.0, None)
-    spinous = _box_distance(
-        (p.u, 3.0 + 0.02 * depth),
-        (p.v - (spine_start + 15.0), 15.0),
-        (p.s - (lo + 0.35 * height - 0.25 * depth), 0.3 * height + 1.0),
+    depth = np.clip(p.v - roof[1], 0.0, None)
+    spinous = np.maximum(
+        _capsule(p.u, p.v, roof, (0.0, roof[1] + 28.0), 3.0),
+        np.abs(p.s - (lo + 0.35 * height - 0.25 * depth)) - (0.3 * height + 1.0),
     )
-    # facet joints sit at disc level, between the superior process below and the inferior process above
+    # the facet joints sit at disc level: superior articular process of the vertebra below, inferior of the one above
     disc = np.clip(np.searchsorted(t.middles, p.s) - 1, 0, len(t.middles) - 2)
-    facet_s = t.disc_centres[disc].astype(np.float32) + 2.0
-    facet = _ellipse_distance(
-        np.sqrt((au - (cu + 4.5)) ** 2 + (0.8 * (p.v - (canal_v + 3.0))) ** 2), p.s - facet_s, 6.5, 9.0
+    facet = np.maximum(
+        _capsule(au, p.v, (junction[0], junction[1] + 1.0), (junction[0] + 3.0, junction[1] + 10.0), 4.0),
+        np.abs(p.s - (t.disc_centres[disc] + 2.0)) - 8.0,
     )
     distance = np.minimum(np.minimum(pedicle, transverse), np.minimum(np.minimum(lamina, spinous), facet))
-    lumbar_or_thoracic = index > 0
-    return np.where(lumbar_or_thoracic, distance, _sacral_wings(p, canal_v, cu))
+    return np.where(index > 0, distance, _sacral_wings(p, canal_v, cu))
 
 
 def _sacral_wings(p: Points, canal_v: np.ndarray, cu: float) -> np.ndarray:
-    """The sacral alae and the dorsal sacrum around the sacral canal (part of the sacrum below S1's top)."""
-    below = -p.s
-    ala = _box_distance((p.u, 48.0 - 0.25 * np.clip(below, 0, None)), (p.v - 8.0, 14.0), (p.s + 28.0, 26.0))
-    dorsal = _box_distance((p.u, cu + 10.0), (p.v - (canal_v + 12.0), 5.0), (p.s + 40.0, 38.0))
+    """The sacral alae beside the S1 body and the dorsal sacrum roofing the sacral canal."""
+    au = np.abs(p.u)
+    ala = np.maximum(_capsule(au, p.v, (18.0, 2.0), (46.0, 12.0), 11.0), np.abs(p.s + 30.0) - 27.0)
+    dorsal = np.maximum(
+        _capsule(p.u, p.v - canal_v, (-(cu + 6.0), 9.0), (cu + 6.0, 9.0), 4.5), np.abs(p.s + 42.0) - 38.0
+    )
     return np.minimum(ala, dorsal)
 
 
@@ -297,9 +308,9 @@ def quadratus_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -
     lateral_psoas, _ = _psoas_semi_axes(anatomy, p.s, side)
     a = p.width
     b = p.depth
-    centre_u = side * (a + 1.6 * lateral_psoas + 14.0)
-    centre_v = b + 12.0
-    angle = np.radians(28.0)
+    centre_u = side * (a + 1.5 * lateral_psoas + 18.0)
+    centre_v = b - 5.0
+    angle = np.radians(-18.0)  # the lateral end lies further forward
     du = side * (p.u - centre_u)
     dv = p.v - centre_v
     along = du * np.cos(angle) + dv * np.sin(angle)
@@ -312,10 +323,10 @@ def quadratus_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -
 def erector_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -> np.ndarray:
     """Erector spinae with multifidus: the posterior muscle mass beside the spinous processes."""
     canal_v, cu, cv = canal_geometry(anatomy, p.depth)
-    centre_v = canal_v + cv + 24.0
-    centre_u = side * (cu + 20.0)
+    centre_v = canal_v + cv + ERECTOR_DEPTH
+    centre_u = side * (cu + 19.0)
     taper = np.clip(1.0 + (p.s + 40.0) / 120.0, 0.3, 1.0)
-    return _ellipse_distance(p.u - centre_u, p.v - centre_v, 30.0 * taper, 23.0 * taper)
+    return _ellipse_distance(p.u - centre_u, p.v - centre_v, 31.0 * taper, ERECTOR_DEPTH * taper)
 
 
 # --- body outline, viscera, vessels ----------------------------------------------------------------------------------
@@ -324,7 +335,7 @@ def erector_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -> 
 def body_outlines(anatomy: Anatomy, t: SpineTables, p: Points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Skin, the inside of the subcutaneous fat (abdominal wall muscle) and the inside of the wall (cavity)."""
     canal_v, _, cv = canal_geometry(anatomy, p.depth)
-    back_muscle = canal_v + cv + 24.0 + 23.0
+    back_muscle = canal_v + cv + 2 * ERECTOR_DEPTH
     back = back_muscle + anatomy.back_fat_mm
     front = -anatomy.abdomen_depth
     centre = 0.5 * (back + front)
@@ -379,6 +390,23 @@ def kidney_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -> n
     centre_v = 4.0 - 0.15 * ds
     x, y, z = (p.u - centre_u) / 27.0, (p.v - centre_v) / 21.0, ds / 52.0
     return (np.sqrt(x * x + y * y + z * z) - 1.0) * 21.0
+
+
+def iliac_distances(anatomy: Anatomy, p: Points, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Iliac bone, iliacus (lining the iliac fossa, joining the psoas) and gluteus medius (outside the wing).
+
+    In the axial plane the wing runs from the sacroiliac joint forward and outward; its crest is highest at the
+    back (near L4-L5)."""
+    sacroiliac = np.array([side * 52.0, 30.0])
+    anterior = np.array([side * 104.0, -36.0])
+    inward = np.array([-side * 0.8, -0.6])  # towards the iliac fossa, anteromedially
+    above_crest = p.s - anatomy.iliac_crest_s + 0.12 * (30.0 - p.v)
+    below_pelvis = -70.0 - p.s
+    extent = np.maximum(above_crest, below_pelvis)
+    bone = np.maximum(_capsule(p.u, p.v, sacroiliac, anterior, 5.0), extent)
+    iliacus = np.maximum(_capsule(p.u, p.v, sacroiliac + 12 * inward, anterior + 10 * inward, 9.0), extent + 2.0)
+    gluteus = np.maximum(_capsule(p.u, p.v, sacroiliac - 16 * inward, anterior - 14 * inward, 12.0), extent - 8.0)
+    return bone, iliacus, gluteus
 
 
 def liver_distance(anatomy: Anatomy, t: SpineTables, p: Points) -> np.ndarray:
@@ -451,10 +479,10 @@ def layers(
             q = region.points
             spine_front = -(q.depth + 25.0) - 0.004 * q.u**2
             bowel_region = np.maximum(cavity[region.index] + 6.0, q.v - spine_front)
-            field = _texture(q, anatomy)
+            field = _texture(q, anatomy, scale=1.8)
             lumen = field > 0.25
             fluid = np.clip((field - 0.9) * 3.0, 0.0, 1.0)
-            gas = np.clip((_texture(q, anatomy, scale=1.7) - 1.5) * 3.0, 0.0, 1.0)
+            gas = np.clip((_texture(q, anatomy, scale=2.9) - 1.5) * 3.0, 0.0, 1.0)
             content = mix("bowel_content", "bowel_fluid", fluid)
             content = content + (signals["air"] - content) * gas
             wall_or_fat = np.where(field < -0.25, signals["fat"], signals["bowel_wall"])
@@ -501,6 +529,14 @@ def layers(
         if wanted(name) and region:
             d = quadratus_distance(anatomy, t, region.points, side)
             out.append(Layer(name, region.index, d, constant("muscle")))
+    pelvis = _Region(p, abs_u=(20.0, 150.0), v=(-80.0, 75.0), s=(-80.0, anatomy.iliac_crest_s + 25.0))
+    iliac_bones = []
+    if wanted("pelvis") and pelvis:
+        for side in (1, -1):
+            bone, iliacus, gluteus = iliac_distances(anatomy, pelvis.points, side)
+            out.append(Layer("iliacus", pelvis.index, iliacus, constant("muscle")))
+            out.append(Layer("gluteus", pelvis.index, gluteus, constant("muscle")))
+            iliac_bones.append(bone)
     for side, name in ((1, "psoas_left"), (-1, "psoas_right")):
         region = _Region(
             p, u=(0.0, 160.0) if side > 0 else (-160.0, 0.0), v=(-110.0, 70.0), s=(-1e4, l1_top + 12.0)
@@ -527,6 +563,12 @@ def layers(
             roots = (np.cos(q.u * 1.9) * np.cos((q.v - canal_v) * 1.9) > 0.75) & (q.v - canal_v > 0.0)
             signal = np.where(roots, signals["nerve"], signals["csf"])
         out.append(Layer("thecal_sac", region.index, sac, signal))
+    if iliac_bones:
+        bone = np.minimum(*iliac_bones)
+        signal = _bone_signal(bone, signals, 1.2)
+        if paint:
+            signal = signal * (1.0 + 0.07 * _texture(pelvis.points, anatomy, scale=5.0))
+        out.append(Layer("iliac_bones", pelvis.index, bone, signal))
     if wanted("bones"):
         out += _bone_layers(anatomy, t, p, signals)
     return out
@@ -536,7 +578,7 @@ def _bone_layers(anatomy: Anatomy, t: SpineTables, p: Points, signals: Signals |
     """Vertebral arches, vertebral bodies (with their index, for the truth) and discs."""
     paint = signals is not None
     out: list[Layer] = []
-    region = _Region(p, abs_u=(0.0, 80.0), v=(-10.0, 120.0))
+    region = _Region(p, abs_u=(0.0, 62.0), v=(-10.0, 90.0))
     if region:
         q = region.points
         nearest = np.searchsorted(t.disc_centres, q.s)
@@ -548,7 +590,7 @@ def _bone_layers(anatomy: Anatomy, t: SpineTables, p: Points, signals: Signals |
         d_body, index = vertebral_body_distance(anatomy, t, q)
         signal = None
         if paint:
-            signal = _bone_signal(d_body, signals, 1.0)
+            signal = _bone_signal(d_body, signals, 1.0) * (1.0 + 0.07 * _texture(q, anatomy, scale=5.0))
             cement = t.cement[index] & (d_body < -4.0) & (_texture(q, anatomy, scale=3.0) > -0.3)
             edema = t.edema[index] & (q.s > t.s_top[index] - 10.0) & (d_body < -1.0)
             signal = np.where(edema, signals["edema"], signal)
@@ -571,10 +613,10 @@ def _bone_signal(distance: np.ndarray, signals: Signals | None, cortex_mm: float
     return np.where(distance > -cortex_mm, signals["cortex"], signals["marrow"])
 
 
-def render(anatomy: Anatomy, p: Points, signals: Signals, h: float) -> np.ndarray:
+def composite(point_count: int, painted: list[Layer], h: float) -> np.ndarray:
     """Signal at the points with in-plane partial volume over pixels of size h (painter's algorithm)."""
-    image = np.zeros_like(p.s)
-    for layer in layers(anatomy, p, signals):
+    image = np.zeros(point_count, np.float32)
+    for layer in painted:
         if layer.signal is None:
             continue
         weight = soft(layer.distance, h)
@@ -585,29 +627,39 @@ def render(anatomy: Anatomy, p: Points, signals: Signals, h: float) -> np.ndarra
     return image
 
 
+def render(anatomy: Anatomy, p: Points, signals: Signals, h: float) -> np.ndarray:
+    """Signal at the points (see `composite`)."""
+    return composite(p.s.size, layers(anatomy, p, signals), h)
+
+
 # The opaque structures painted over each truth structure; its outline is what stays visible.
-TRUTH_HIDDEN_BY = ("epidural_fat", "posterior_elements", "vertebral_bodies", "discs")
+TRUTH_HIDDEN_BY = ("epidural_fat", "iliac_bones", "posterior_elements", "vertebral_bodies", "discs")
+TRUTH_LAYERS = frozenset({"psoas_left", "psoas_right", "canal", "pelvis", "bones"})
 
 
-def truth_masks(anatomy: Anatomy, p: Points, vertebra_name: str) -> dict[str, np.ndarray]:
-    """Hard masks of the left psoas, the right psoas (each as visible) and one vertebral body at the points."""
-    wanted = frozenset({"psoas_left", "psoas_right", "canal", "bones"})
+def masks_from_layers(anatomy: Anatomy, point_count: int, computed: list[Layer], vertebra_name: str):
+    """Hard masks of the left psoas, the right psoas (each as visible) and one vertebral body."""
 
-    def full(layer: Layer, fill: float = np.inf) -> np.ndarray:
-        values = np.full(p.s.shape, fill, dtype=np.float32)
+    def full(layer: Layer) -> np.ndarray:
+        values = np.full(point_count, np.inf, dtype=np.float32)
         values[layer.index] = layer.distance
         return values
 
-    by_name = {layer.name: full(layer) for layer in layers(anatomy, p, None, only=wanted)}
+    by_name = {layer.name: full(layer) for layer in computed}
     masks: dict[str, np.ndarray] = {}
     for name in ("psoas_left", "psoas_right"):
-        mask = by_name[name] <= 0 if name in by_name else np.zeros(p.s.shape, bool)
+        mask = by_name[name] <= 0 if name in by_name else np.zeros(point_count, bool)
         for hider in TRUTH_HIDDEN_BY:
             if hider in by_name:
                 mask &= by_name[hider] > 0
         masks[name] = mask
     index = anatomy.vertebrae.index(anatomy.vertebra(vertebra_name))
-    bodies = by_name.get("vertebral_bodies", np.full(p.s.shape, np.inf))
-    body_index = by_name.get("vertebral_body_index", np.full(p.s.shape, -1.0))
+    bodies = by_name.get("vertebral_bodies", np.full(point_count, np.inf))
+    body_index = by_name.get("vertebral_body_index", np.full(point_count, -1.0))
     masks["vertebra"] = (bodies <= 0) & (body_index == index)
     return masks
+
+
+def truth_masks(anatomy: Anatomy, p: Points, vertebra_name: str) -> dict[str, np.ndarray]:
+    """Hard masks of the truth structures at the points, computing only the layers they need."""
+    return masks_from_layers(anatomy, p.s.size, layers(anatomy, p, None, only=TRUTH_LAYERS), vertebra_name)

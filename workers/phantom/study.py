@@ -26,7 +26,18 @@ from workers.phantom import dicom
 from workers.phantom.anatomy import Anatomy, sample_anatomy
 from workers.phantom.mri import BiasField, Sequence, ghosts, rician, tissue_signals
 from workers.phantom.stacks import SlicePlane, stack, tilt
-from workers.phantom.structures import Points, SpineTables, canal_geometry, render, truth_masks
+from workers.phantom.structures import (
+    ERECTOR_DEPTH,
+    Layer,
+    Points,
+    SpineTables,
+    canal_geometry,
+    composite,
+    layers,
+    masks_from_layers,
+    render,
+    truth_masks,
+)
 
 REFERENCE_RULE = (
     "d = signed distance (mm, negative caudal) from the L4 upper endplate plane of the point where the slice's "
@@ -166,6 +177,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         target_plvi=target_plvi,
         fat_fraction=fat_fraction,
     )
+    anatomy = _calibrate_psoas(anatomy, target_plvi)
     draws = _draw_acquisition(rng, options)
     identity = (seed, repr(options))
     study = _study_header(rng, seed, identity)
@@ -191,7 +203,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         order = list(range(len(planes)))
         for instance, index in enumerate(order, start=1):
             plane = planes[index]
-            image = _acquire(anatomy, plane, signals, nsub, bias, draws, header.phase_direction, rng)
+            image, centre_layers = _acquire(anatomy, plane, signals, nsub, bias, draws, header.phase_direction, rng)
             pixels = np.clip(np.rint(image * draws.scale), 0, 65535).astype(np.uint16)
             sop_uid = dicom.phantom_uid(*identity, role, "instance", instance)
             path = out_dir / f"series-{number:03d}-{role}" / f"IM-{instance:04d}.dcm"
@@ -208,7 +220,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
             )
             dicom.write(ds, path)
             if role == "axial_t2":
-                masks, areas = _slice_truth(anatomy, plane)
+                masks, areas = _slice_truth(anatomy, plane, centre_layers)
                 reference_masks[sop_uid] = masks
                 slices.append(
                     SliceTruth(
@@ -250,6 +262,22 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
     (out_dir / "truth.json").write_text(json.dumps(truth.to_json(), indent=2) + "\n")
     np.savez_compressed(out_dir / "truth_masks.npz", **truth.masks)
     return truth
+
+
+def _calibrate_psoas(anatomy: Anatomy, target_plvi: float) -> Anatomy:
+    """Scale both psoas profiles so that PLVI just below the L4 endplate (parallel to it) equals the target."""
+    point, normal = anatomy.upper_endplate("L4")
+    depth = 3.5 + anatomy.endplate_concavity_mm
+    plane = stack(point - depth * normal, normal, np.array([1.0, 0, 0]), [0.0], matrix=(160, 160), pixel_mm=1.0,
+                  thickness=4.0)[0]
+    masks = truth_masks(anatomy, Points.on_plane(anatomy, plane), "L4")
+    plvi = (masks["psoas_left"].sum() + masks["psoas_right"].sum()) / max(masks["vertebra"].sum(), 1)
+    factor = target_plvi / max(plvi, 1e-3)
+    return replace(
+        anatomy,
+        psoas_left=replace(anatomy.psoas_left, area_mm2=anatomy.psoas_left.area_mm2 * factor),
+        psoas_right=replace(anatomy.psoas_right, area_mm2=anatomy.psoas_right.area_mm2 * factor),
+    )
 
 
 # --- draws -----------------------------------------------------------------------------------------------------------
@@ -517,7 +545,7 @@ def _bias_field(anatomy: Anatomy, draws: _Draws) -> BiasField:
     elements = []
     l3 = anatomy.vertebra("L3")
     canal_v, _, cv = canal_geometry(anatomy, t.depth_at(np.array([l3.s_middle])))
-    back = float(canal_v[0] + cv + 47.0 + anatomy.back_fat_mm + 12.0)
+    back = float(canal_v[0] + cv + 2 * ERECTOR_DEPTH + anatomy.back_fat_mm + 12.0)
     for s in np.arange(-90.0, 330.0, 70.0):
         for x in (-80.0, -27.0, 27.0, 80.0):
             elements.append(anatomy.point(float(s), x, back))
@@ -536,13 +564,16 @@ def _acquire(
     draws: _Draws,
     phase_direction: str,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """The magnitude image of one slice: slab average, coil sensitivity, ghosts, Rician noise.
+) -> tuple[np.ndarray, list[Layer]]:
+    """The magnitude image of one slice (slab average, coil sensitivity, ghosts, Rician noise) and the structures
+    on its centre plane.
 
     The slab is sampled on its centre plane at full resolution and on `samples - 1` further planes across the
     thickness at half resolution (partial volume through the plane is smooth in plane; this halves the cost)."""
     h = min(plane.pixel_spacing)
-    image = render(anatomy, Points.on_plane(anatomy, plane), signals, h).reshape(plane.rows, plane.columns)
+    centre = Points.on_plane(anatomy, plane)
+    centre_layers = layers(anatomy, centre, signals)
+    image = composite(centre.s.size, centre_layers, h).reshape(plane.rows, plane.columns)
     if samples > 1:
         coarse = _half_resolution(plane)
         offsets = (np.arange(samples) - (samples - 1) / 2) * plane.thickness / samples
@@ -554,7 +585,7 @@ def _acquire(
     image = image * _smooth_on_plane(bias.at, plane)
     image = ghosts(image, draws.ghost_amplitude, 1 if phase_direction == "ROW" else 0, rng)
     sigma = signals["fat"] / draws.snr
-    return rician(image, sigma, rng).astype(np.float32)
+    return rician(image, sigma, rng), centre_layers
 
 
 def _half_resolution(plane: SlicePlane) -> SlicePlane:
@@ -601,10 +632,13 @@ def _smooth_on_plane(field, plane: SlicePlane, step: int = 8) -> np.ndarray:
     return (top * (1 - fr) + bottom * fr).astype(np.float32)
 
 
-def _slice_truth(anatomy: Anatomy, plane: SlicePlane, refine: int = 4) -> tuple[dict[str, np.ndarray], dict]:
+def _slice_truth(
+    anatomy: Anatomy, plane: SlicePlane, centre_layers: list[Layer], refine: int = 4
+) -> tuple[dict[str, np.ndarray], dict]:
     """Masks at pixel centres and exact areas: boundary pixels are resampled `refine` x `refine` times."""
     shape = (plane.rows, plane.columns)
-    masks = {k: m.reshape(shape) for k, m in truth_masks(anatomy, Points.on_plane(anatomy, plane), "L4").items()}
+    masks = masks_from_layers(anatomy, plane.rows * plane.columns, centre_layers, "L4")
+    masks = {name: mask.reshape(shape) for name, mask in masks.items()}
     boundary = np.zeros(shape, bool)
     for mask in masks.values():
         boundary |= ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask)
