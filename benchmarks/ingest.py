@@ -231,13 +231,27 @@ def memory_kib(pid: int, field_name: str) -> int:
     return 0
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of a process tree, including children it has reaped (and zombies not yet reaped).
+
+    CPU per instance stays meaningful on a loaded machine, where wall-clock rates swing from run to run.
+    """
+    ticks = 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime (proc(5) fields 14-17)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class MemorySampler:
-    """Samples the summed RSS of a process tree every 50 ms in a thread; keeps the peak and each process's VmHWM."""
+    """Samples the summed RSS of a process tree every 50 ms in a thread and keeps the peak."""
 
     root: int
-    peak_total_kib: int = 0
-    peak_process_kib: int = 0
+    peak_tree_kib: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> MemorySampler:
@@ -247,9 +261,9 @@ class MemorySampler:
 
     def _run(self) -> None:
         while True:
-            pids = process_tree(self.root)
-            self.peak_total_kib = max(self.peak_total_kib, sum(memory_kib(pid, "VmRSS") for pid in pids))
-            self.peak_process_kib = max([self.peak_process_kib, *(memory_kib(pid, "VmHWM") for pid in pids)])
+            self.peak_tree_kib = max(
+                self.peak_tree_kib, sum(memory_kib(pid, "VmRSS") for pid in process_tree(self.root))
+            )
             if self._stop.wait(0.05):
                 return
 
@@ -258,11 +272,13 @@ class MemorySampler:
         self._thread.join()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
     receiver: str
     senders: int
+    repetition: int
     seconds: float
+    cpu_seconds: float
     instances: int
     megabytes: float
 
@@ -274,75 +290,108 @@ class Run:
     def megabytes_per_second(self) -> float:
         return self.megabytes / self.seconds
 
+    @property
+    def cpu_ms_per_instance(self) -> float:
+        return 1000 * self.cpu_seconds / self.instances
 
-def measure(name: str, paths: list[Path], senders: int, scratch: Path) -> Run:
+
+@dataclass(frozen=True)
+class Footprint:
+    instances: int
+    senders: int
+    idle_cpu_percent: float  # of one core, the whole tree, with no association open
+    idle_tree_kib: int
+    peak_tree_kib: int
+    peak_main_kib: int  # VmHWM of `plvi serve` itself: the listener and scheduler, without the worker processes
+
+
+def measure(name: str, paths: list[Path], senders: int, repetition: int, scratch: Path) -> Run:
     """One run against a fresh receiver; fails loudly if any instance is missing afterwards."""
     work_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
     try:
         with RECEIVERS[name](work_dir) as receiver:
+            cpu_before = tree_cpu_seconds(receiver.pid)
             seconds = send(receiver, split(paths, senders))
+            cpu_seconds = tree_cpu_seconds(receiver.pid) - cpu_before
             stored = receiver.stored()
         if stored != len(paths):
             raise RuntimeError(f"{name} stored {stored} of {len(paths)} instances; see {work_dir}")
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     megabytes = sum(path.stat().st_size for path in paths) / 1e6
-    return Run(name, senders, seconds, len(paths), megabytes)
+    return Run(name, senders, repetition, seconds, cpu_seconds, len(paths), megabytes)
 
 
-def measure_memory(paths: list[Path], senders: int, scratch: Path) -> tuple[int, int, int]:
-    """Idle and peak summed RSS of the service's process tree and the largest single process's peak, in KiB."""
-    work_dir = Path(tempfile.mkdtemp(prefix="plvi-memory-", dir=scratch))
+def measure_footprint(paths: list[Path], senders: int, scratch: Path, idle_seconds: float = 5.0) -> Footprint:
+    """`plvi serve` at rest (CPU and memory), then its peak memory while it receives `paths` from `senders`
+    parallel storescu."""
+    work_dir = Path(tempfile.mkdtemp(prefix="plvi-footprint-", dir=scratch))
     try:
         with run_plvi(work_dir) as receiver:
+            cpu_before = tree_cpu_seconds(receiver.pid)
+            time.sleep(idle_seconds)
+            idle_cpu_percent = 100 * (tree_cpu_seconds(receiver.pid) - cpu_before) / idle_seconds
             idle = sum(memory_kib(pid, "VmRSS") for pid in process_tree(receiver.pid))
             with MemorySampler(receiver.pid) as sampler:
                 send(receiver, split(paths, senders))
+            peak_main = memory_kib(receiver.pid, "VmHWM")
             if receiver.stored() != len(paths):
                 raise RuntimeError(f"plvi stored {receiver.stored()} of {len(paths)} instances; see {work_dir}")
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return idle, sampler.peak_total_kib, sampler.peak_process_kib
+    return Footprint(len(paths), senders, idle_cpu_percent, idle, sampler.peak_tree_kib, peak_main)
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
 
-
-def median(runs: list[Run], receiver: str, senders: int, metric: str) -> float:
-    return statistics.median(getattr(run, metric) for run in runs if run.receiver == receiver and run.senders == senders)
+LABELS = {"plvi": "plvi (a)", "storescp": "dcmtk storescp (b)", "orthanc": "Orthanc (c)"}
 
 
-def report(
-    runs: list[Run], senders_options: list[int], memory: tuple[int, int, int], memory_load: str, context: str
-) -> str:
-    names = {"plvi": "plvi (a)", "storescp": "dcmtk storescp (b)", "orthanc": "Orthanc (c)"}
+def report(runs: list[Run], footprint: Footprint, context: str) -> str:
+    """Markdown: medians per receiver and sender count, plvi's rate relative to each peer, plvi's footprint."""
+
+    def select(name: str, senders: int) -> list[Run]:
+        return [run for run in runs if run.receiver == name and run.senders == senders]
+
+    senders_options = sorted({run.senders for run in runs})
     lines = [
         f"### Ingest over loopback ({context})",
         "",
-        "| receiver | senders | instances/s (median) | MB/s (median) | runs | instances/s min–max |",
+        "| receiver | senders | instances/s | MB/s | receiver CPU ms/instance | instances/s min–max |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for senders in senders_options:
-        for name, label in names.items():
-            rates = [run.instances_per_second for run in runs if run.receiver == name and run.senders == senders]
+        for name, label in LABELS.items():
+            chosen = select(name, senders)
+            rates = [run.instances_per_second for run in chosen]
             lines.append(
-                f"| {label} | {senders} | {median(runs, name, senders, 'instances_per_second'):.1f} "
-                f"| {median(runs, name, senders, 'megabytes_per_second'):.1f} | {len(rates)} "
+                f"| {label} | {senders} | {statistics.median(rates):.1f} "
+                f"| {statistics.median(run.megabytes_per_second for run in chosen):.1f} "
+                f"| {statistics.median(run.cpu_ms_per_instance for run in chosen):.1f} "
                 f"| {min(rates):.1f}–{max(rates):.1f} |"
             )
-    lines += ["", "| senders | plvi / storescp | plvi / Orthanc |", "|---:|---:|---:|"]
-    for senders in senders_options:
-        ours = median(runs, "plvi", senders, "instances_per_second")
-        lines.append(
-            f"| {senders} | {ours / median(runs, 'storescp', senders, 'instances_per_second'):.2f} "
-            f"| {ours / median(runs, 'orthanc', senders, 'instances_per_second'):.2f} |"
-        )
-    idle, peak_total, peak_process = memory
     lines += [
         "",
-        f"plvi memory: idle {idle / 1024:.0f} MiB for the whole process tree; peak {peak_total / 1024:.0f} MiB "
-        f"(tree, sampled every 50 ms) and {peak_process / 1024:.0f} MiB (largest single process, VmHWM) "
-        f"while receiving {memory_load}.",
+        "plvi's rate over each peer's, the median of the ratios within each repetition (runs minutes apart share "
+        "the machine's load less than runs seconds apart):",
+        "",
+        "| senders | plvi / storescp | plvi / Orthanc |",
+        "|---:|---:|---:|",
+    ]
+    for senders in senders_options:
+        ours = {run.repetition: run.instances_per_second for run in select("plvi", senders)}
+        ratios = [
+            statistics.median(ours[run.repetition] / run.instances_per_second for run in select(peer, senders))
+            for peer in ("storescp", "orthanc")
+        ]
+        lines.append(f"| {senders} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
+    lines += [
+        "",
+        f"plvi memory while receiving {footprint.instances} instances from {footprint.senders} parallel senders: "
+        f"`plvi serve` itself (listener and scheduler) peaked at {footprint.peak_main_kib / 1024:.0f} MiB (VmHWM); "
+        f"its whole process tree, worker processes included, at {footprint.peak_tree_kib / 1024:.0f} MiB "
+        f"(summed RSS sampled every 50 ms; {footprint.idle_tree_kib / 1024:.0f} MiB at rest). At rest the tree "
+        f"uses {footprint.idle_cpu_percent:.1f} % of one core, which the CPU column above includes.",
     ]
     return "\n".join(lines)
 
@@ -365,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{tool} is not installed; run `make system-deps`")
 
     senders_options = [1, args.senders]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="plvi-bench-ingest-") as scratch_name:
         scratch = Path(scratch_name)
         paths = write_study(scratch / "study", args.instances)
@@ -374,25 +424,25 @@ def main(argv: list[str] | None = None) -> int:
             rotated = order[repetition % len(order) :] + order[: repetition % len(order)]
             for name in rotated:
                 for senders in senders_options:
-                    run = measure(name, paths, senders, scratch)
+                    run = measure(name, paths, senders, repetition, scratch)
                     runs.append(run)
                     print(
                         f"repetition {repetition + 1}/{args.repeat} {name:8} senders={senders}: "
-                        f"{run.instances_per_second:7.1f} instances/s {run.megabytes_per_second:6.1f} MB/s",
+                        f"{run.instances_per_second:7.1f} instances/s {run.megabytes_per_second:6.1f} MB/s "
+                        f"{run.cpu_ms_per_instance:5.1f} CPU ms/instance",
                         file=sys.stderr,
                         flush=True,
                     )
         shutil.rmtree(scratch / "study")
         memory_paths = write_study(scratch / "memory-study", args.memory_instances, seed=1)
-        memory = measure_memory(memory_paths, args.senders, scratch)
+        footprint = measure_footprint(memory_paths, args.senders, scratch)
     _, variant = plvi_command()
     context = (
         f"{args.instances} MR instances of 512x512 ({runs[0].megabytes / args.instances:.2f} MB each), "
-        f"{args.repeat} alternating repetitions, fresh receivers, TCP_NODELAY=1, {os.cpu_count()} cores; "
-        f"plvi = {variant}"
+        f"{args.repeat} alternating repetitions, medians, fresh receivers, TCP_NODELAY=1; plvi = {variant}; "
+        f"{os.cpu_count()} cores, load average {load_before:.1f} at start and {os.getloadavg()[0]:.1f} at end"
     )
-    memory_load = f"{args.memory_instances} instances from {args.senders} senders"
-    print(report(runs, senders_options, memory, memory_load, context))
+    print(report(runs, footprint, context))
     return 0
 
 
