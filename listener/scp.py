@@ -44,7 +44,13 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.engine import Engine
 
-from listener.access import AccessPolicy
+from listener.access import (
+    DIAGNOSTIC_NO_REASON_GIVEN,
+    REJECTED_PERMANENT,
+    SOURCE_SERVICE_USER,
+    AccessPolicy,
+    Rejection,
+)
 from listener.records import InstanceRecord, RecordWriter
 from listener.spool import Spool, is_safe_uid
 from plvi.logs import kv
@@ -288,8 +294,14 @@ class Listener:
     # Event handlers. pynetdicom runs them in the association's thread.
 
     def _on_requested(self, event: Event) -> None:
-        peer = Peer(event.assoc.requestor.primitive.calling_ae_title.strip(), *_requestor_address(event))
-        rejection = self.policy.check(peer.calling_ae, peer.address)
+        try:
+            peer = Peer(event.assoc.requestor.primitive.calling_ae_title.strip(), *_requestor_address(event))
+            rejection = self.policy.check(peer.calling_ae, peer.address)
+        except Exception as error:  # pynetdicom would log and accept: fail closed instead
+            peer = Peer("?", "?", 0)
+            rejection = Rejection(
+                REJECTED_PERMANENT, SOURCE_SERVICE_USER, DIAGNOSTIC_NO_REASON_GIVEN, f"cannot check: {_first_line(error)}"
+            )
         if rejection is None:
             return
         log.warning(kv("association_rejected", calling_ae=peer.calling_ae, peer=peer.address, reason=rejection.reason))
