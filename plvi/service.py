@@ -18,12 +18,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
+from celery import Celery
 from pydantic import SecretStr
 from pydantic_settings import NoDecode
 from sqlalchemy.engine import Engine
 
+from listener.scp import Listener, start_listener
 from listener.tracker import settle_studies
 from plvi.db import make_engine, upgrade_database
 from plvi.logs import kv
@@ -60,35 +61,35 @@ def run_service(settings: Settings) -> None:
         # publish every unfinished analysis again rather than wait `redeliver_after_seconds` (a repeat is
         # idempotent).
         redeliver_unfinished(settings, engine, older_than_seconds=0)
-    # Workers first: forking before the listener and scheduler start threads keeps the children clean.
     workers = WorkerProcess(settings) if settings.serve_workers > 0 else None
-    if workers:
-        workers.start()
-
-    from listener.scp import start_listener
-
-    listener = start_listener(settings, engine)
+    listener: Listener | None = None
     scheduler = threading.Thread(
         target=_run_scheduler, args=(settings, engine, celery_app, stop), name="plvi-scheduler", daemon=True
     )
-    scheduler.start()
-    _announce(settings)
     try:
+        # Workers first: forking before the listener and scheduler start threads keeps the children clean.
+        if workers is not None:
+            workers.start()
+        listener = start_listener(settings, engine)
+        scheduler.start()
+        _announce(settings)
         while not stop.wait(1.0):
-            if workers:
+            if workers is not None:
                 workers.restart_if_exited()
     finally:
         log.info(kv("service_stopping"))
         stop.set()
-        listener.shutdown()
-        scheduler.join(timeout=30)
-        if workers:
+        if listener is not None:
+            listener.shutdown()
+        if scheduler.is_alive():
+            scheduler.join(timeout=30)
+        if workers is not None:
             workers.stop()
         engine.dispose()
         log.info(kv("service_stopped"))
 
 
-def run_scheduled_jobs(settings: Settings, engine: Engine, celery_app: Any) -> None:
+def run_scheduled_jobs(settings: Settings, engine: Engine, celery_app: Celery) -> None:
     """One pass: settle quiet studies, publish what is due, run the periodic jobs. A failing step is logged and
     the others still run; the next pass tries again."""
     steps: list[tuple[str, Callable[[], object]]] = [
@@ -103,7 +104,7 @@ def run_scheduled_jobs(settings: Settings, engine: Engine, celery_app: Any) -> N
             log.exception(kv("scheduled_job_failed", job=name))
 
 
-def _run_scheduler(settings: Settings, engine: Engine, celery_app: Any, stop: threading.Event) -> None:
+def _run_scheduler(settings: Settings, engine: Engine, celery_app: Celery, stop: threading.Event) -> None:
     while not stop.is_set():
         run_scheduled_jobs(settings, engine, celery_app)
         stop.wait(settings.tracker_interval_seconds)

@@ -19,6 +19,8 @@ from sqlmodel import Session, func, select
 
 from plvi.db import make_engine
 from plvi.models import Analysis, Instance, OutboxMessage, Study
+from plvi.service import settings_environment
+from plvi.settings import Settings
 from tests.conftest import free_port
 from tests.dicom_factory import write_mr_study
 from tests.peers.dcmtk import echoscu, storescu
@@ -154,6 +156,26 @@ def test_serve_stores_a_multi_series_study_and_queues_it_once_after_it_settles(
     assert_recorded_once(engine, study_files)
     assert serve.output().count("study_settled") == 1
     assert "scheduled_job_failed" not in serve.output()
+
+
+def test_worker_children_read_exactly_the_settings_of_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    given = Settings(
+        _env_file=None,
+        data_dir=Path("/srv/plvi"),
+        allowed_calling_aes=["MRI1", "PACS"],
+        allowed_networks=["10.0.0.0/8"],
+        pacs=["PACS@pacs:104"],
+        tls_cert=Path("/etc/plvi/plvi.crt"),
+        settle_seconds=2.5,
+        serve_workers=3,
+        export_key="a secret",
+    )
+    for name in [name for name in os.environ if name.startswith("PLVI_")]:
+        monkeypatch.delenv(name)
+    for name, value in settings_environment(given).items():
+        monkeypatch.setenv(name, value)
+
+    assert Settings(_env_file=None) == given
 
 
 def test_serve_stops_its_workers_on_sigterm(serve: Serve) -> None:
