@@ -4,6 +4,7 @@ its instance set, and a later instance re-opens it and queues one that supersede
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
@@ -14,7 +15,7 @@ from sqlmodel import Session, select
 from listener.records import InstanceRecord, record_instances
 from listener.tracker import instance_set_hash, settle_studies
 from plvi.db import make_engine
-from plvi.models import Analysis, OutboxMessage, Study
+from plvi.models import Analysis, OutboxMessage, Study, utcnow
 from plvi.outbox import analyze_study_key
 from plvi.settings import Settings
 from workers.processing import process_study
@@ -30,30 +31,33 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+def instance_record(
+    sop_uid: str, *, at: datetime, study_uid: str = STUDY, series: str = "1", content: bytes = b""
+) -> InstanceRecord:
+    series_uid = f"{study_uid}.{series}"
+    return InstanceRecord(
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=f"spool/{study_uid}/{series_uid}/{sop_uid}.dcm",
+        size_bytes=len(content) + 1,
+        sha256=hashlib.sha256(content or sop_uid.encode()).hexdigest(),
+        calling_ae="STORESCU",
+        received_at=at,
+        modality="MR",
+        series_number=int(series),
+    )
+
+
 def receive(
     engine: Engine, sop_uid: str, *, at: datetime, study_uid: str = STUDY, series: str = "1", content: bytes = b""
 ) -> None:
     """Record one instance exactly as the listener does after writing its file."""
-    series_uid = f"{study_uid}.{series}"
     with engine.begin() as connection:
         record_instances(
-            connection,
-            [
-                InstanceRecord(
-                    study_instance_uid=study_uid,
-                    series_instance_uid=series_uid,
-                    sop_instance_uid=sop_uid,
-                    sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
-                    transfer_syntax_uid="1.2.840.10008.1.2.1",
-                    path=f"spool/{study_uid}/{series_uid}/{sop_uid}.dcm",
-                    size_bytes=len(content) + 1,
-                    sha256=hashlib.sha256(content or sop_uid.encode()).hexdigest(),
-                    calling_ae="STORESCU",
-                    received_at=at,
-                    modality="MR",
-                    series_number=int(series),
-                )
-            ],
+            connection, [instance_record(sop_uid, at=at, study_uid=study_uid, series=series, content=content)]
         )
 
 
@@ -195,3 +199,23 @@ def test_each_study_settles_on_its_own_clock(settings: Settings, engine: Engine)
     assert settle_studies(settings, engine, now=T0 + timedelta(seconds=3)) == [STUDY]
     assert settle_studies(settings, engine, now=T0 + timedelta(seconds=7)) == [other]
     assert len(outbox(engine)) == 2
+
+
+def test_instance_recorded_while_the_tracker_settles_keeps_the_study_open(
+    settings: Settings, engine: Engine
+) -> None:
+    receive(engine, f"{STUDY}.1.1", at=utcnow() - timedelta(minutes=5))
+    settled: list[list[str]] = []
+    with engine.connect() as listener_connection:
+        # The listener's transaction for a second instance: rows written, not yet committed, locks held.
+        transaction = listener_connection.begin()
+        record_instances(listener_connection, [instance_record(f"{STUDY}.1.2", at=utcnow())])
+        tracker = threading.Thread(target=lambda: settled.append(settle_studies(settings, engine)))
+        tracker.start()
+        tracker.join(timeout=0.5)  # the tracker now waits for the listener's lock
+        transaction.commit()
+    tracker.join(timeout=30)
+
+    assert settled == [[]]
+    assert study(engine).state == "receiving"
+    assert outbox(engine) == []
