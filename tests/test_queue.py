@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 from listener.tracker import settle_studies
 from plvi.db import make_engine
 from plvi.models import Analysis, OutboxMessage, utcnow
-from plvi.outbox import publish_pending, redeliver_unfinished
+from plvi.outbox import analyze_study_key, publish_pending, redeliver_unfinished
 from plvi.service import WorkerProcess
 from plvi.settings import Settings
 from tests.conftest import free_port
@@ -136,3 +136,27 @@ def test_embedded_queue_carries_a_study_to_a_real_worker_in_another_process(
 def _embedded_queue_is_empty(settings: Settings, celery_app) -> bool:  # type: ignore[no-untyped-def]
     with celery_app.connection_for_write() as connection:
         return connection.default_channel.queue_declare("plvi", passive=True).message_count == 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_task_that_cannot_succeed_leaves_its_outbox_row_failed_with_the_reason(
+    settings: Settings, database_url: str, engine: Engine
+) -> None:
+    settings = settings.model_copy(update={"database_url": database_url})
+    unknown_study = "1.2.826.0.1.3680043.8.498.999"
+    with Session(engine) as session:
+        session.add(
+            OutboxMessage(
+                key=analyze_study_key(unknown_study, "0" * 64),
+                kind="analyze_study",
+                payload={"study_uid": unknown_study, "instance_set_hash": "0" * 64},
+            )
+        )
+        session.commit()
+    assert publish_pending(settings, engine, make_celery(settings)) == 1
+
+    with real_worker(settings):
+        wait_for(lambda: outbox_rows(engine)[0].state == "failed", what="the row marked failed")
+    [row] = outbox_rows(engine)
+    assert "is not in the database" in row.last_error
+    assert analyses(engine) == []
