@@ -266,6 +266,12 @@ class Listener:
             server_class=_Server,
         )
         self.ae._servers.append(self._server)
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            # pynetdicom's standard PDU/DIMSE log handlers run under a lock shared by all associations and copy each
+            # received data set just to log "Present"; with their output filtered away they are pure cost.
+            for event_type in (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT):
+                for handler, _args in list(self._server.get_handlers(event_type)):  # type: ignore[misc]
+                    self._server.unbind(event_type, handler)
         threading.Thread(target=self._server.serve_forever, name="plvi-dicom-accept", daemon=True).start()
         log.info(
             kv(
