@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import hl7
@@ -35,7 +35,7 @@ OBSERVATIONS = (  # key in the result object, OBX-3 identifier, text, UCUM unit
     ("vertebra_mm2", "L4VB", "L4 vertebral body cross-sectional area", "mm2^square millimeter^UCUM"),
 )
 MAX_BACKOFF_SECONDS = 3600
-CONTENT_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+CONTENT_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def escape(text: object) -> str:
@@ -48,7 +48,7 @@ def escape(text: object) -> str:
 
 def _hl7_time(moment: datetime) -> str:
     """DTM with an explicit UTC offset, so a RIS in another time zone reads the right moment."""
-    return moment.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
 
 
 def observation_status(analysis: Analysis, review: Review | None, correction: bool) -> str:

@@ -4,11 +4,10 @@ Analysis rows whose `result` is DESIGN.md's result object, as the analysis pipel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sqlalchemy.engine import Engine
@@ -132,7 +131,7 @@ def seed_study(settings: Settings, engine: Engine, *, index: int, psoas_radius: 
         analysis = Analysis(study_instance_uid=study_uid, instance_set_hash=instance_set_hash, status=status,
                             reason=result["reason"], plvi=result["plvi"], low_psoas_mass=result["low_psoas_mass"],
                             result=result, algorithm_version="0.1.0", settings_used={"cutoff": settings.cutoff},
-                            created_at=analysed_at or datetime.now(timezone.utc))
+                            created_at=analysed_at or datetime.now(UTC))
         session.add(analysis)
         session.flush()
         analysis_id = analysis.id
@@ -143,7 +142,7 @@ def seed_study(settings: Settings, engine: Engine, *, index: int, psoas_radius: 
 def seed_cohort(settings: Settings, engine: Engine, count: int, *, start: int = 0) -> list[SeededStudy]:
     """`count` studies with varied PLVI (flagged and not), sexes, ages and statuses."""
     studies = []
-    base = datetime.now(timezone.utc) - timedelta(hours=1)
+    base = datetime.now(UTC) - timedelta(hours=1)
     for index in range(start, start + count):
         status = "not_measurable" if index % 7 == 6 else "needs_review" if index % 5 == 4 else "ok"
         studies.append(seed_study(settings, engine, index=index, psoas_radius=9 + (index * 3) % 5, status=status,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -105,7 +105,7 @@ def test_nightly_export_takes_only_what_changed_since_the_last_one(export_settin
     seed_cohort(export_settings, engine, 3)
     assert run_export(export_settings, engine, tmp_path / "first", since_last=True).rows == 3
     assert run_export(export_settings, engine, tmp_path / "empty", since_last=True).rows == 0
-    seed_study(export_settings, engine, index=50, psoas_radius=10, analysed_at=datetime.now(timezone.utc))
+    seed_study(export_settings, engine, index=50, psoas_radius=10, analysed_at=datetime.now(UTC))
 
     later = run_export(export_settings, engine, tmp_path / "later", since_last=True)
     assert later.rows == 1
@@ -163,13 +163,13 @@ def test_plvi_export_command_writes_the_files_and_refuses_without_a_key(export_s
     env = {**os.environ, "PLVI_DATA_DIR": str(export_settings.data_dir),
            "PLVI_DATABASE_URL": export_settings.effective_database_url, "PLVI_EXPORT_KEY": KEY}
     done = subprocess.run([PLVI, "export", "--out", str(tmp_path / "cli")],
-                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          env=env, capture_output=True, text=True, check=False, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "5 studies exported" in done.stderr
     assert len(pd.read_parquet(tmp_path / "cli" / "cohort.parquet")) == 5
 
     refused = subprocess.run([PLVI, "export", "--out", str(tmp_path / "nokey")],
-                             env={**env, "PLVI_EXPORT_KEY": ""}, capture_output=True, text=True, timeout=120,
+                             env={**env, "PLVI_EXPORT_KEY": ""}, capture_output=True, text=True, check=False, timeout=120,
                              cwd=tmp_path)
     assert refused.returncode == 2 and "PLVI_EXPORT_KEY" in refused.stderr
 

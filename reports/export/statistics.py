@@ -27,10 +27,10 @@ def summarise(cohort: pd.DataFrame) -> dict[str, object]:
     flagged = measured["low_psoas_mass"].fillna(False).astype(bool)
     cutoffs = sorted({float(c) for c in cohort["cutoff"].dropna()})
     return {
-        "n_studies": int(len(cohort)),
+        "n_studies": len(cohort),
         "n_patients": int(cohort["pseudonym"].nunique()),
         "status_counts": {str(k): int(v) for k, v in cohort["status"].value_counts().sort_index().items()},
-        "n_measured": int(len(measured)),
+        "n_measured": len(measured),
         "cutoffs": cutoffs,
         "share_flagged": round(float(flagged.mean()), 4) if len(measured) else None,
         "n_flagged": int(flagged.sum()),

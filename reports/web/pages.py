@@ -14,11 +14,23 @@ from fastapi.templating import Jinja2Templates
 
 from plvi.db import session_scope
 from plvi.models import User
-from reports.web.auth import SESSION_COOKIE, authenticate_password, issue_token, revoke_token, user_from_request
+from reports.web.auth import (
+    SESSION_COOKIE,
+    authenticate_password,
+    issue_token,
+    revoke_token,
+    user_from_request,
+)
 from reports.web.keyimage import OUTLINE_COLOURS
 from reports.web.review import submit_review
 from reports.web.worklist import (
-    STATUSES, WorklistFilter, audit, audit_events, day_start, study_detail, worklist,
+    STATUSES,
+    WorklistFilter,
+    audit,
+    audit_events,
+    day_start,
+    study_detail,
+    worklist,
 )
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -141,7 +153,7 @@ def _study_page(request: Request, user: User, study_uid: str, *, error: str | No
         events = audit_events(session, study_uid, 20)
     return templates.TemplateResponse(request, "study.html", {
         "user": user, "study": detail, "analysis": detail["analysis"], "error": error, "events": events,
-        "colours": {name: "#%02x%02x%02x" % rgb for name, rgb in OUTLINE_COLOURS.items()},
+        "colours": {name: "#{:02x}{:02x}{:02x}".format(*rgb) for name, rgb in OUTLINE_COLOURS.items()},
     }, status_code=status_code)
 
 

@@ -4,7 +4,7 @@ the audit log. The API and the pages are thin over these."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sqlalchemy import func, nulls_last
@@ -18,7 +18,7 @@ STATUSES = ("ok", "needs_review", "not_measurable", "pending")
 
 def day_start(day: date) -> datetime:
     """Midnight UTC of `day`: the worklist's date filters are whole UTC days."""
-    return datetime.combine(day, time.min, tzinfo=timezone.utc)
+    return datetime.combine(day, time.min, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
