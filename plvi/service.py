@@ -30,6 +30,7 @@ from plvi.db import make_engine, upgrade_database
 from plvi.logs import kv
 from plvi.outbox import publish_pending, redeliver_unfinished
 from plvi.settings import Settings
+from reports.hl7 import deliver_hl7, sync_worklist_flags
 from reports.sender import deliver_pending
 from workers.celery_app import make_celery
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 PeriodicJob = Callable[[Settings, Engine], int]
 # Jobs the scheduler thread runs every `tracker_interval_seconds` after the tracker and the publisher; each returns
 # how much it did. Other parts of the service append theirs here.
-PERIODIC_JOBS: list[PeriodicJob] = [redeliver_unfinished, deliver_pending]
+PERIODIC_JOBS: list[PeriodicJob] = [redeliver_unfinished, deliver_pending, sync_worklist_flags, deliver_hl7]
 
 WORKER_STOP_TIMEOUT_SECONDS = 60
 WORKER_RESTART_DELAY_SECONDS = 5
