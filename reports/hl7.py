@@ -236,7 +236,7 @@ def deliver_hl7(settings: Settings, engine: Engine, now: datetime | None = None)
         ).all()
     accepted = 0
     for message in due:
-        outcome = _attempt(settings, message)
+        outcome, reachable = _attempt(settings, message)
         with session_scope(engine) as session:
             row = session.get(Hl7Message, message.id)
             if row is None or row.state != "pending":
@@ -244,16 +244,21 @@ def deliver_hl7(settings: Settings, engine: Engine, now: datetime | None = None)
             _book(settings, row, outcome, now)
             session.add(row)
         accepted += row.state == "sent"
+        if not reachable:
+            break  # the RIS is down: the rest wait for the next pass instead of each waiting for a timeout here
     return accepted
 
 
-def _attempt(settings: Settings, message: Hl7Message) -> tuple[str, str]:
-    """(ack code or "", error text or "")."""
+def _attempt(settings: Settings, message: Hl7Message) -> tuple[tuple[str, str], bool]:
+    """((ack code or "", error text or ""), whether the RIS could be reached at all)."""
     try:
         answer = send_mllp(settings.hl7_host, settings.hl7_port, message.message, settings.hl7_timeout_seconds)
-        return check_ack(answer, message.control_id), ""
-    except (OSError, ValueError) as error:
-        return "", f"{type(error).__name__}: {error}"
+    except OSError as error:
+        return ("", f"{type(error).__name__}: {error}"), False
+    try:
+        return (check_ack(answer, message.control_id), ""), True
+    except ValueError as error:
+        return ("", f"{type(error).__name__}: {error}"), True
 
 
 def _book(settings: Settings, row: Hl7Message, outcome: tuple[str, str], now: datetime) -> None:

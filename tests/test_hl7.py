@@ -161,25 +161,26 @@ def test_review_and_reanalysis_send_corrections_for_the_same_accession(hl7_setti
     assert {str(m.segment("OBR")[3][0][0]) for m in ris.received} == {study.accession}
 
 
-def test_message_sent_while_the_ris_is_down_arrives_once_it_is_back(hl7_settings, engine, ris):
+def test_messages_sent_while_the_ris_is_down_arrive_once_it_is_back(hl7_settings, engine, ris):
     seed_study(hl7_settings, engine, index=3, psoas_radius=9)
+    seed_study(hl7_settings, engine, index=7, psoas_radius=12)
     ris.stop()
     sync_worklist_flags(hl7_settings, engine)
 
     assert deliver_hl7(hl7_settings, engine) == 0
-    [waiting] = _messages(engine)
-    assert waiting.state == "pending" and waiting.attempts == 1 and "Connection" in waiting.last_error
-    assert waiting.next_attempt_at > utcnow()
-    assert deliver_hl7(hl7_settings, engine) == 0  # not due yet: no attempt
-    assert _messages(engine)[0].attempts == 1
+    first, second = _messages(engine)
+    assert first.state == "pending" and first.attempts == 1 and "Connection" in first.last_error
+    assert first.next_attempt_at > utcnow()
+    assert second.attempts == 0  # the RIS is down: one refused attempt per pass, not one per message
+    assert deliver_hl7(hl7_settings, engine) == 0  # the first is not due yet; the second is tried and refused
+    assert [m.attempts for m in _messages(engine)] == [1, 1]
 
     ris.start()
-    later = waiting.next_attempt_at + timedelta(seconds=1)
-    assert deliver_hl7(hl7_settings, engine, now=later) == 1
+    later = max(m.next_attempt_at for m in _messages(engine)) + timedelta(seconds=1)
+    assert deliver_hl7(hl7_settings, engine, now=later) == 2
     assert deliver_hl7(hl7_settings, engine, now=later + timedelta(hours=1)) == 0
-    assert len(ris.received) == 1
-    [sent] = _messages(engine)
-    assert sent.state == "sent" and sent.ack_code == "AA"
+    assert sorted(str(m.segment("OBR")[3][0][0]) for m in ris.received) == ["ACC00003", "ACC00007"]
+    assert [(m.state, m.ack_code) for m in _messages(engine)] == [("sent", "AA"), ("sent", "AA")]
 
 
 def test_negative_or_missing_ack_is_retried_and_a_reject_marks_the_message_failed(hl7_settings, engine, ris):
