@@ -19,7 +19,7 @@ PLVI = Path(sys.executable).parent / "plvi"
 
 def run_analyze(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(PLVI), "analyze", *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd
+        [str(PLVI), "analyze", *map(str, args)], check=False, capture_output=True, text=True, timeout=120, cwd=cwd
     )
 
 

@@ -27,7 +27,6 @@ EXPECTED_REAL = {
     "ivd46-t2sag": ("not_measurable", "no_axial_t2"),
     "ivd25-t2sag": ("not_measurable", "no_axial_t2"),
     "ivd42-t2sag": ("not_measurable", "no_axial_t2"),
-    "ivd46-t2sag": ("not_measurable", "no_axial_t2"),
 }
 
 

@@ -8,9 +8,9 @@ Method, on a 1 mm grid resampled in each sagittal slab with rows running caudall
 3. The vertebral column is the band of columns whose edge profile repeats at a vertebral pitch (25-50 mm), measured
    by autocorrelation in 100 mm windows and followed by dynamic programming as the lordosis bends it. Along it the
    peaks of the edge response are the disc spaces.
-4. Counting up from the sacrum: the lowest disc space is L5-S1 (unless it is much fainter than the discs above: a
-   sacral segment junction, still visible in young adults), the third from the bottom is L3-L4, and the L4 upper
-   endplate is the caudal surface of that disc.
+4. Counting up from the sacrum: among the three lowest disc spaces, L5-S1 is the most inclined (the sacral slope of
+   a supine patient; sacral segment junctions, still visible in young adults, and the sacrum's lower surfaces lie
+   flatter). The second disc above it is L3-L4, and the L4 upper endplate is the caudal surface of that disc.
 Transitional anatomy (six lumbar vertebrae, a sacralised L5) cannot be told apart without seeing the ribs, so the
 count reported is what was seen from the sacrum upwards, capped at five, and the confidence says how clear the
 counting was: the pipeline sends any level below its confidence threshold to review.
@@ -105,7 +105,7 @@ def _line_kernel(length_mm: float, tilt_degrees: float) -> np.ndarray:
     kernel = np.zeros((2 * half + 1, 2 * half + 1), dtype=np.float32)
     angle = np.radians(tilt_degrees)
     for t in np.linspace(-length_mm / 2, length_mm / 2, int(length_mm * 2) + 1):
-        kernel[int(round(half + t * np.sin(angle) / GRID_MM)), int(round(half + t * np.cos(angle) / GRID_MM))] = 1
+        kernel[round(half + t * np.sin(angle) / GRID_MM), round(half + t * np.cos(angle) / GRID_MM)] = 1
     return kernel / kernel.sum()
 
 
@@ -204,14 +204,12 @@ def _disc_rows(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 EDGE_MARGIN_MM = 6.0  # disc candidates closer than this to the top or bottom of the field are cut and unreliable
 MIN_DISC_PROMINENCE = 0.06
-# A lowest candidate much fainter than the discs above it is a sacral segment junction (S1-S2 is often still seen
-# in young adults) or noise below the field's useful part, not L5-S1: L5-S1 is among the strongest disc spaces.
-SACRAL_REMNANT_PROMINENCE = 0.5
+MIN_INCLINATION_MARGIN = 8.0  # how much more inclined L5-S1 must be than its neighbours to be called confidently
 
 
 def _midline(grid: SagittalGrid) -> tuple[int, np.ndarray, np.ndarray]:
-    """The slab where the vertebral pitch stands out most (the midline), and the edge response and tilt averaged
-    over the slabs within MIDLINE_HALF_WIDTH_MM of it.
+    """The slab where the vertebral pitch stands out most (the midline), and the tilted edge responses and the
+    image averaged over the slabs within MIDLINE_HALF_WIDTH_MM of it.
 
     Vertebral bodies are 40-50 mm wide, so their endplates are in every one of those slabs at the same place;
     bowel loops and posterior elements change from slab to slab and average out."""
@@ -223,9 +221,8 @@ def _midline(grid: SagittalGrid) -> tuple[int, np.ndarray, np.ndarray]:
     best = int(np.argmax(scores))
     spacing = float(np.linalg.norm(grid.slab_step)) or 1.0
     reach = int(MIDLINE_HALF_WIDTH_MM // spacing)
-    near = [r for r in responses[max(0, best - reach) : best + reach + 1] if r is not None]
-    response, tilt = endplate_response(np.mean(near, axis=0))
-    return best, response, tilt
+    near = [i for i in range(max(0, best - reach), best + reach + 1) if i < len(responses) and responses[i] is not None]
+    return best, np.mean([responses[i] for i in near], axis=0), grid.images[near].mean(axis=0)
 
 
 def _caudal_endplate_row(response: np.ndarray, path: np.ndarray, disc_row: int) -> float:
@@ -238,29 +235,61 @@ def _caudal_endplate_row(response: np.ndarray, path: np.ndarray, disc_row: int) 
     return float(disc_row + (max(strong) if strong else int(np.argmax(window))))
 
 
+def _disc_tilt(image: np.ndarray, path: np.ndarray, row: int) -> float:
+    """Tilt (degrees, positive: anterior end higher) of the edges at a disc, from the structure tensor of the
+    nearly horizontal edges (within 50 degrees) around the column: robust to the canal's and the walls' edges."""
+    half_rows, half_columns = int(6 / GRID_MM), int(12 / GRID_MM)
+    centre = round(path[row])
+    rows = slice(max(0, row - half_rows), row + half_rows + 1)
+    columns = slice(max(0, centre - half_columns), centre + half_columns + 1)
+    sigma = EDGE_SIGMA_MM / GRID_MM
+    along_rows = ndimage.gaussian_filter(image, sigma, order=(1, 0))[rows, columns]
+    along_columns = ndimage.gaussian_filter(image, sigma, order=(0, 1))[rows, columns]
+    horizontal = np.abs(along_columns) < np.tan(np.radians(50)) * np.abs(along_rows)
+    rr = float(np.sum(along_rows[horizontal] ** 2))
+    cc = float(np.sum(along_columns[horizontal] ** 2))
+    rc = float(np.sum(along_rows[horizontal] * along_columns[horizontal]))
+    gradient_angle = 0.5 * np.arctan2(2 * rc, rr - cc)  # from the row axis towards the column axis
+    return float(-np.degrees(gradient_angle))
+
+
+def _inclination(tilted: np.ndarray, path: np.ndarray, row: int) -> float:
+    """How inclined the disc at a row is (degrees, unsigned): the median of the per-pixel best tilts around the
+    column plus half the best tilt of the mean response there. Two coarse estimates (10-degree steps) that fail in
+    different ways (crossing edges, the canal) are steadier together than either alone."""
+    half = int(BODY_HALF_WIDTH_MM / GRID_MM)
+    centre = round(path[row])
+    box = tilted[:, max(0, row - 3) : row + 4, max(0, centre - half) : centre + half + 1]
+    per_pixel = np.asarray(TILTS_DEGREES, dtype=float)[np.argmax(box, axis=0)]
+    of_mean = TILTS_DEGREES[int(np.argmax(box.reshape(len(TILTS_DEGREES), -1).mean(axis=1)))]
+    return float(abs(np.median(per_pixel)) + 0.5 * abs(of_mean))
+
+
 def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> LevelFinding:
     """Label the lumbar discs from the sacrum upwards and return the L4 upper endplate as a plane in patient mm."""
     grid = resample_sagittal(volume, geometry)
-    slab, response, tilt = _midline(grid)
+    slab, tilted, midline_image = _midline(grid)
+    response, _ = endplate_response(tilted)
     n_rows = response.shape[0]
-    path = _column_path(_periodicity(response), n_rows)
+    # Smoothed across columns so that the path runs through the middle of the periodic band (the bodies), not
+    # along its anterior or posterior edge.
+    path = _column_path(ndimage.gaussian_filter1d(_periodicity(response), 8.0 / GRID_MM, axis=1), n_rows)
     # The response already integrates 36 mm along each edge's own tilt: sampling the path alone keeps tilted discs
     # (L5-S1) sharp, where averaging a band of columns at one row would smear them.
     peaks, prominence = _disc_rows(_band_profile(response, path, half_width_mm=2.0))
     margin = EDGE_MARGIN_MM / GRID_MM
     keep = (prominence >= MIN_DISC_PROMINENCE) & (peaks >= margin) & (peaks <= n_rows - 1 - margin)
-    discs, prominence = list(peaks[keep]), list(prominence[keep])
-    half = int(BODY_HALF_WIDTH_MM / GRID_MM)
-
-    def disc_tilt(row: int) -> float:
-        centre = int(round(path[row]))
-        return float(np.median(tilt[max(0, row - 2) : row + 3, max(0, centre - half) : centre + half + 1]))
-
-    sacral_dropped = 0
-    if len(discs) >= 4 and prominence[-1] < SACRAL_REMNANT_PROMINENCE * float(np.median(prominence[:-1])):
-        discs.pop()
-        prominence.pop()
-        sacral_dropped = 1
+    candidates = [int(row) for row in peaks[keep]]
+    inclinations = [_inclination(tilted, path, row) for row in candidates]
+    # L5-S1 is the most inclined disc in a supine patient (the sacral slope); sacral segment junctions and the
+    # sacrum's lower surfaces below it, and lumbar discs above it, lie flatter. Ties go to the lower disc.
+    lowest = range(max(0, len(candidates) - 3), len(candidates))
+    ranked = sorted(lowest, key=lambda i: (inclinations[i], i), reverse=True)
+    l5_s1_index = ranked[0] if ranked else -1
+    inclination_margin = inclinations[ranked[0]] - inclinations[ranked[1]] if len(ranked) > 1 else 0.0
+    discs = candidates[: l5_s1_index + 1]
+    prominence = list(prominence[keep][: l5_s1_index + 1])
+    sacral_dropped = len(candidates) - len(discs)
     evidence: dict[str, float] = {"slab": float(slab), "discs_found": float(len(discs))}
     if len(discs) < 3:
         return LevelFinding(None, None, 0.0, "l4_not_found", evidence)
@@ -270,14 +299,14 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
     # Peaks sit on either surface of a disc, so a pitch measured between them is uncertain by about 5 mm.
     regular = bool(np.all((pitches >= PITCH_RANGE_MM[0] - 5) & (pitches <= PITCH_RANGE_MM[1] + 5)))
     endplate_row = _caudal_endplate_row(response, path, l3_l4)
-    endplate_tilt = np.radians(disc_tilt(int(round(endplate_row))))
-    point = grid.to_patient(slab, endplate_row, path[int(round(endplate_row))])
+    endplate_tilt = np.radians(_disc_tilt(midline_image, path, round(endplate_row)))
+    point = grid.to_patient(slab, endplate_row, path[round(endplate_row)])
     cranial = -grid.caudal
     normal = unit(np.cos(endplate_tilt) * cranial + np.sin(endplate_tilt) * grid.posterior)
 
     clarity = float(np.mean(prominence[-3:]))
-    # Dropping a faint lowest candidate is a judgement call: half the confidence, so a human checks the level.
-    confidence = clarity * (1.0 if regular else 0.5) * (0.5 if sacral_dropped else 1.0)
+    # When another low disc is as inclined as the one taken for L5-S1, the count may be off by one.
+    confidence = clarity * (1.0 if regular else 0.5) * (1.0 if inclination_margin >= MIN_INCLINATION_MARGIN else 0.7)
     if l5_s1 > n_rows - 1 - 15 / GRID_MM:
         confidence *= 0.8  # the field ends just below L5-S1: the sacrum itself is barely seen
     evidence.update(
@@ -285,6 +314,8 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
             "pitch_min_mm": float(pitches.min()),
             "pitch_max_mm": float(pitches.max()),
             "sacral_candidates_dropped": float(sacral_dropped),
+            "l5_s1_inclination": round(float(inclinations[l5_s1_index]), 1),
+            "l5_s1_inclination_margin": round(float(inclination_margin), 1),
             "disc_clarity": round(clarity, 3),
             "endplate_tilt_degrees": round(float(np.degrees(endplate_tilt)), 1),
         }
