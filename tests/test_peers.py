@@ -5,64 +5,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from tests.conftest import free_port
+from tests.dicom_factory import write_mr_study
 from tests.peers.dcmtk import echoscu, run_storescp, storescu
 from tests.peers.orthanc import run_orthanc
 
 
-def write_mr_instance(path: Path) -> pydicom.Dataset:
-    """One small MR image (32x32) with the identifiers a PACS needs to index it."""
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "PEERS-1"
-    ds.PatientName = "Peers^Test"
-    ds.Modality = "MR"
-    ds.InstanceNumber = 1
-    ds.Rows = ds.Columns = 32
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.arange(32 * 32, dtype=np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return ds
+def sop_instance_uids(paths: list[Path]) -> set[str]:
+    return {pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in paths}
 
 
-def test_storescu_stores_a_file_in_storescp(tmp_path: Path) -> None:
-    sent = write_mr_instance(tmp_path / "sent.dcm")
+def test_storescu_sends_a_folder_that_storescp_writes_to_disk(tmp_path: Path) -> None:
+    sent = write_mr_study(tmp_path / "study", series=2, instances_per_series=2)
     port = free_port()
     with run_storescp(port, tmp_path / "received", ae="ARCHIVE"):
         assert echoscu(port, called_ae="ARCHIVE").returncode == 0
-        result = storescu(port, [tmp_path / "sent.dcm"], called_ae="ARCHIVE")
+        result = storescu(port, [tmp_path / "study"], called_ae="ARCHIVE")
     assert result.returncode == 0, result.stderr
-    (received,) = (tmp_path / "received").glob("*.dcm")
-    assert pydicom.dcmread(received).SOPInstanceUID == sent.SOPInstanceUID
+    assert sop_instance_uids(list((tmp_path / "received").glob("*.dcm"))) == sop_instance_uids(sent)
 
 
-def test_orthanc_accepts_a_c_store_and_keeps_it_across_a_restart(tmp_path: Path) -> None:
-    folder = tmp_path / "study"
-    folder.mkdir()
-    sent = write_mr_instance(folder / "one.dcm")
+def test_orthanc_accepts_a_c_store_lists_it_over_rest_and_keeps_it_across_a_restart(tmp_path: Path) -> None:
+    (sent,) = write_mr_study(tmp_path / "study", series=1, instances_per_series=1)
     with run_orthanc(tmp_path / "orthanc", aet="PACS") as orthanc:
-        result = storescu(orthanc.dicom_port, [folder], called_ae=orthanc.aet)
+        result = storescu(orthanc.dicom_port, [sent], called_ae=orthanc.aet)
         assert result.returncode == 0, result.stderr
         (instance_id,) = orthanc.get("/instances")
-        assert orthanc.get(f"/instances/{instance_id}/simplified-tags")["SOPInstanceUID"] == sent.SOPInstanceUID
+        tags = orthanc.get(f"/instances/{instance_id}/simplified-tags")
+        assert tags["SOPInstanceUID"] == pydicom.dcmread(sent).SOPInstanceUID
 
         orthanc.stop()
         assert echoscu(orthanc.dicom_port, called_ae=orthanc.aet).returncode != 0
         orthanc.start()
         assert orthanc.get("/instances") == [instance_id]
+
+
+def test_orthanc_refuses_an_association_addressed_to_another_ae_title(tmp_path: Path) -> None:
+    with run_orthanc(tmp_path / "orthanc", aet="PACS") as orthanc:
+        assert echoscu(orthanc.dicom_port, called_ae="PACS").returncode == 0
+        assert echoscu(orthanc.dicom_port, called_ae="SOMEONE_ELSE").returncode != 0
