@@ -55,7 +55,7 @@ def _dciodvfy_errors(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def default_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTruth, Path]:
     folder = tmp_path_factory.mktemp("default")
-    return generate_study(11, folder), folder
+    return generate_study(11, folder, PhantomOptions(axial_layout="stack")), folder
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,16 @@ def uncovered_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTr
     return generate_study(13, folder, options), folder
 
 
+@pytest.fixture(scope="module")
+def hard_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTruth, Path]:
+    folder = tmp_path_factory.mktemp("hard")
+    options = PhantomOptions(hard=True, vendor="philips", pixel_spacing=True, cover_l4=True, axial_layout="stack")
+    return generate_study(14, folder, options), folder
+
+
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (dicom3tools) is needed: apt-get install dicom3tools")
-def test_every_written_file_passes_dciodvfy(default_study, uncovered_study) -> None:
-    for truth, folder in (default_study, uncovered_study):
+def test_every_written_file_passes_dciodvfy(default_study, uncovered_study, hard_study) -> None:
+    for truth, folder in (default_study, uncovered_study, hard_study):
         for path in sorted(folder.rglob("*.dcm")):
             assert _dciodvfy_errors(path) == [], path
 
@@ -94,13 +101,14 @@ def test_missing_pixel_spacing_is_the_only_error_when_asked_for(per_disc_study) 
     ]
 
 
-def test_headers_are_vendor_like_and_say_what_each_series_is(default_study, uncovered_study) -> None:
-    for truth, folder in (default_study, uncovered_study):
+def test_headers_are_vendor_like_and_say_what_each_series_is(default_study, uncovered_study, hard_study) -> None:
+    for truth, folder in (default_study, uncovered_study, hard_study):
         for uid, datasets in _read_series(folder).items():
             role = _role(truth, uid)
             ds = datasets[0]
             assert ds.SOPClassUID == pydicom.uid.MRImageStorage
             assert ds.Modality == "MR" and ds.Manufacturer and ds.SeriesDescription
+            assert ds.Manufacturer == truth.vendor
             if role in ("axial_t2", "sagittal_t2"):
                 assert float(ds.EchoTime) > 80 and float(ds.RepetitionTime) > 2500
                 assert "SE" in ds.ScanningSequence
@@ -142,17 +150,32 @@ def test_axial_stack_geometry_is_consistent(default_study) -> None:
         assert np.allclose(np.array(ds.ImageOrientationPatient, dtype=float), orientation, atol=1e-6)
 
 
-def test_reference_slice_lies_just_below_the_l4_endplate(default_study) -> None:
+def _slab_top_above_endplate(ds: pydicom.Dataset, truth: PhantomTruth) -> float:
+    """How far the top of the slice's slab reaches above the L4 endplate surface (rim, and the dished centre)."""
+    normal = np.array(truth.l4_upper_endplate_normal)
+    slice_normal = _normal(ds)
+    top = np.array(ds.ImagePositionPatient, dtype=float) + slice_normal * float(ds.SliceThickness) / 2
+    rim = np.array(truth.l4_endplate_rim_mm)
+    centre = np.array(truth.l4_upper_endplate_point_mm)
+    cosine = np.dot(normal, slice_normal)
+    above_rim = ((top - rim) @ slice_normal) / cosine
+    above_centre = np.dot(top - centre, slice_normal) / cosine + truth.endplate_concavity_mm
+    return float(max(above_rim.max(), above_centre))
+
+
+def test_reference_slice_is_the_first_whose_slab_lies_wholly_below_the_l4_endplate(default_study) -> None:
     truth, folder = default_study
     by_uid = {ds.SOPInstanceUID: ds for ds in _axial(truth, folder)}
     reference = by_uid[truth.reference_sop_instance_uid]
     distance = _distance_to_endplate(reference, truth)
     assert -truth.l4_body_height_mm / 2 <= distance <= -(2.0 + truth.endplate_concavity_mm)
+    assert _slab_top_above_endplate(reference, truth) <= 1e-3
     assert truth.reference.vertebra_mm2 > 800
-    for uid, ds in by_uid.items():
-        other = _distance_to_endplate(ds, truth)
-        assert not (distance < other <= -(2.0 + truth.endplate_concavity_mm)), "a closer slice also qualifies"
+    for ds in by_uid.values():
+        if _distance_to_endplate(ds, truth) > distance:
+            assert _slab_top_above_endplate(ds, truth) > 0, "a more cranial slice also lies wholly in L4"
     assert truth.reference_sop_instance_uid in truth.acceptable_sop_instance_uids
+    assert len(truth.acceptable_sop_instance_uids) >= 2
     for uid in truth.acceptable_sop_instance_uids:
         assert -truth.l4_body_height_mm / 2 <= _distance_to_endplate(by_uid[uid], truth) < 0
 
@@ -223,6 +246,7 @@ def test_per_disc_stacks_are_one_series_angled_along_each_disc(per_disc_study) -
     angles = [np.degrees(np.arccos(np.clip(np.dot(a, b), -1, 1))) for a, b in zip(normals, normals[1:])]
     assert max(angles) > 3.0, "stacks follow the lordosis"
     assert truth.reference is not None and truth.plvi is not None
+    assert truth.expected_reason == "no_pixel_spacing"
 
 
 def test_study_whose_axial_stack_misses_l4_has_no_reference(uncovered_study) -> None:
@@ -230,7 +254,24 @@ def test_study_whose_axial_stack_misses_l4_has_no_reference(uncovered_study) -> 
     assert truth.reference_sop_instance_uid is None and truth.acceptable_sop_instance_uids == ()
     assert truth.plvi is None
     assert all(s.distance_to_endplate_mm < -truth.l4_body_height_mm / 2 for s in truth.slices)
+    assert truth.expected_reason == "l4_not_covered"
     assert truth.lumbar_vertebrae == 6
     name, kind = truth.vertebra_condition
     assert kind == "cemented" and name in ("T12", "L1", "L2", "L3")
     assert json.loads((folder / "truth.json").read_text())["plvi"] is None
+
+
+def test_hard_studies_are_still_measurable_with_a_reference_and_stated_difficulty(hard_study) -> None:
+    truth, folder = hard_study
+    assert truth.hard and truth.expected_reason is None
+    assert truth.reference is not None and 0.2 < truth.plvi < 2.0
+    written = json.loads((folder / "truth.json").read_text())
+    assert written["hard"] is True and written["reference_rule"]
+
+
+def test_command_line_writes_one_study_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from workers.phantom.__main__ import main
+
+    assert main([str(tmp_path), "--seeds", "3", "--sagittal", "none", "--no-localizer"]) == 0
+    assert (tmp_path / "phantom-0003" / "truth.json").exists()
+    assert "seed=3 plvi=" in capsys.readouterr().out

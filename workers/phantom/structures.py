@@ -207,9 +207,22 @@ def canal_geometry(anatomy: Anatomy, vertebral_depth: np.ndarray) -> tuple[np.nd
 
 
 def posterior_elements_distance(anatomy: Anatomy, t: SpineTables, p: Points, index: np.ndarray) -> np.ndarray:
-    """The vertebral arches near the points: the nearest vertebra's and the one above, whose arch reaches down."""
-    above = np.minimum(index + 1, len(t.middles) - 1)
-    return np.minimum(_arch_distance(anatomy, t, p, index), _arch_distance(anatomy, t, p, above))
+    """The vertebral arches near the points: the nearest vertebra's, and above its middle also the arch of the
+    vertebra above, whose laminae and spinous process reach down to about the top of this body."""
+    distance = _arch_distance(anatomy, t, p, index)
+    upper_half = np.flatnonzero((p.s > t.middles[index]) & (index < len(t.middles) - 1))
+    if upper_half.size:
+        subset = Points(*(getattr(p, k)[upper_half] for k in ("s", "u", "v", "width", "depth")))
+        distance[upper_half] = np.minimum(distance[upper_half], _arch_distance(anatomy, t, subset, index[upper_half] + 1))
+    canal_v, cu, _ = canal_geometry(anatomy, p.depth)
+    # the facet joints sit at disc level: superior articular process of the vertebra below, inferior of the one above
+    disc = np.clip(np.searchsorted(t.middles, p.s) - 1, 0, len(t.middles) - 2)
+    junction = (cu + 3.5, canal_v + 2.0)
+    facet = np.maximum(
+        _capsule(np.abs(p.u), p.v, junction, (junction[0] + 3.0, junction[1] + 9.0), 4.0),
+        np.abs(p.s - (t.disc_centres[disc] + 2.0)) - 8.0,
+    )
+    return np.where(index > 0, np.minimum(distance, facet), distance)
 
 
 def _capsule(u: np.ndarray, v: np.ndarray, start: tuple, end: tuple, radius: float) -> np.ndarray:
@@ -249,13 +262,7 @@ def _arch_distance(anatomy: Anatomy, t: SpineTables, p: Points, index: np.ndarra
         _capsule(p.u, p.v, roof, (0.0, roof[1] + 28.0), 3.0),
         np.abs(p.s - (lo + 0.35 * height - 0.25 * depth)) - (0.3 * height + 1.0),
     )
-    # the facet joints sit at disc level: superior articular process of the vertebra below, inferior of the one above
-    disc = np.clip(np.searchsorted(t.middles, p.s) - 1, 0, len(t.middles) - 2)
-    facet = np.maximum(
-        _capsule(au, p.v, (junction[0], junction[1] + 1.0), (junction[0] + 3.0, junction[1] + 10.0), 4.0),
-        np.abs(p.s - (t.disc_centres[disc] + 2.0)) - 8.0,
-    )
-    distance = np.minimum(np.minimum(pedicle, transverse), np.minimum(np.minimum(lamina, spinous), facet))
+    distance = np.minimum(np.minimum(pedicle, transverse), np.minimum(lamina, spinous))
     return np.where(index > 0, distance, _sacral_wings(p, canal_v, cu))
 
 

@@ -3,13 +3,14 @@
 The truth states, for every axial slice, the exact areas of the left psoas, the right psoas and the L4 vertebral
 body on the slice's centre plane, and which slice is the reference for PLVI:
 
-REFERENCE_RULE (also written into truth.json): for each axial slice take the point where the slice's centre plane
-meets the line through the centre of the L4 upper endplate along the endplate's normal, and its signed distance d
-from the endplate plane (negative = caudal). The reference slice is the slice with the largest d such that
-d <= -(slice thickness / 2 + endplate concavity), i.e. the most cranial slice whose whole slab at the endplate
-centre lies in the bone of L4, and d >= -(L4 body height / 2). The acceptable slices are the reference and its
-neighbours in the same stack whose centre still lies caudal to the endplate in the upper half of L4
-(-(height / 2) <= d < 0).
+REFERENCE_RULE (also written into truth.json): for each axial slice let d be the signed distance (negative =
+caudal) from the L4 upper endplate plane of the point where the slice's centre plane meets the endplate's normal
+through the endplate centre, and let `slab_top_to_endplate_mm` be how far the top of the slice's slab (centre plane
++ thickness / 2) reaches above the endplate surface anywhere over the endplate (its rim, and its centre, which is
+dished by the endplate concavity). The reference slice is the slice with the largest d such that the whole slab
+lies in the bone of L4 (slab_top_to_endplate_mm <= 0) and d >= -(L4 body height / 2). The acceptable slices are the
+reference and its neighbours in the same stack whose centre still lies caudal to the endplate in the upper half of
+L4 (-(height / 2) <= d < 0).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from workers.phantom.mri import BiasField, Sequence, ghosts, rician, tissue_sign
 from workers.phantom.stacks import SlicePlane, stack, tilt
 from workers.phantom.structures import (
     ERECTOR_DEPTH,
+    SQUIRCLE,
     Layer,
     Points,
     SpineTables,
@@ -41,9 +43,11 @@ from workers.phantom.structures import (
 
 REFERENCE_RULE = (
     "d = signed distance (mm, negative caudal) from the L4 upper endplate plane of the point where the slice's "
-    "centre plane meets the endplate normal through the endplate centre; reference = the slice with the largest d "
-    "satisfying -(L4 body height / 2) <= d <= -(slice thickness / 2 + endplate concavity); acceptable = the "
-    "reference and its neighbours in the same stack with -(L4 body height / 2) <= d < 0"
+    "centre plane meets the endplate normal through the endplate centre; slab_top_to_endplate_mm = how far the top "
+    "of the slice's slab (centre plane + thickness / 2) reaches above the endplate surface over the endplate (rim "
+    "and dished centre); reference = the slice with the largest d such that slab_top_to_endplate_mm <= 0 (the whole "
+    "slab lies in the L4 body) and d >= -(L4 body height / 2); acceptable = the reference and its neighbours in the "
+    "same stack with -(L4 body height / 2) <= d < 0"
 )
 TRUTH_STRUCTURES = ("psoas_left", "psoas_right", "vertebra")
 
@@ -55,12 +59,12 @@ class PhantomOptions:
     hard: bool = False
     sagittal: Literal["t2", "t1"] | None = "t2"
     axial_t2: bool = True
-    axial_layout: Literal["stack", "per_disc"] = "stack"
+    axial_layout: Literal["stack", "per_disc"] | None = None
     axial_matrix: int = 256
     axial_pixel_mm: float | None = None
     axial_thickness_mm: float = 4.0
     axial_slices: int | None = None  # None: as many as cover L2 to S1
-    axial_tilt_deg: float | None = None  # tilt of a single stack towards the L4 endplate plane; None: drawn
+    axial_tilt_deg: float | None = None  # tilt of a single stack from the transverse plane towards the L4 endplate
     sagittal_matrix: int = 256
     sagittal_slices: int = 15
     sagittal_thickness_mm: float = 3.5
@@ -69,8 +73,8 @@ class PhantomOptions:
     vertebra_condition: Literal["none", "fractured", "cemented"] | None = None  # one vertebra above L4
     fat_fraction: float | None = None  # intramuscular fat in the psoas, 0..0.5
     target_plvi: float | None = None
-    cover_l4: bool = True  # False: the axial series stops below L4 (a study that cannot be measured)
-    pixel_spacing: bool = True  # False: the axial series lacks PixelSpacing
+    cover_l4: bool | None = None  # False: the axial series stops below L4 (a study that cannot be measured)
+    pixel_spacing: bool | None = None  # False: the axial series lacks PixelSpacing (cannot be measured either)
     vendor: Literal["siemens", "ge", "philips"] | None = None
     misleading_descriptions: bool | None = None
     through_plane_samples: int = 3  # slice-profile samples across the slab (partial volume through plane)
@@ -90,6 +94,7 @@ class SliceTruth:
     vertebra_mm2: float
     plvi: float | None
     distance_to_endplate_mm: float
+    slab_top_to_endplate_mm: float
 
 
 @dataclass(frozen=True)
@@ -111,12 +116,17 @@ class PhantomTruth:
     l4_upper_endplate_point_mm: tuple[float, float, float]
     l4_upper_endplate_normal: tuple[float, float, float]
     endplate_concavity_mm: float
+    l4_endplate_rim_mm: tuple[tuple[float, float, float], ...]
     l4_body_height_mm: float
     vertebra_condition: tuple[str, str] | None
     series: tuple[SeriesTruth, ...]
     slices: tuple[SliceTruth, ...]
     reference_sop_instance_uid: str | None
     acceptable_sop_instance_uids: tuple[str, ...]
+    expected_reason: str | None  # why a correct analysis says not_measurable: l4_not_covered, no_pixel_spacing, ...
+    hard: bool
+    vendor: str
+    axial_layout: str | None
     masks: dict[str, np.ndarray] = field(repr=False)
     reference_rule: str = REFERENCE_RULE
 
@@ -156,6 +166,9 @@ class _Draws:
     axial_pixel_mm: float
     axial_tilt_deg: float
     scale: float
+    axial_layout: str
+    cover_l4: bool
+    pixel_spacing: bool
 
 
 def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = None) -> PhantomTruth:
@@ -178,7 +191,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         fat_fraction=fat_fraction,
     )
     anatomy = _calibrate_psoas(anatomy, target_plvi)
-    draws = _draw_acquisition(rng, options)
+    draws = _draw_acquisition(rng, options, anatomy)
     identity = (seed, repr(options))
     study = _study_header(rng, seed, identity)
     bias = _bias_field(anatomy, draws)
@@ -216,7 +229,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
                 sop_uid=sop_uid,
                 instance_number=instance,
                 slice_location=float(np.dot(plane.centre, plane.normal)),
-                write_pixel_spacing=options.pixel_spacing or role != "axial_t2",
+                write_pixel_spacing=draws.pixel_spacing or role != "axial_t2",
             )
             dicom.write(ds, path)
             if role == "axial_t2":
@@ -236,13 +249,14 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
                         if areas["vertebra"] > 0
                         else None,
                         distance_to_endplate_mm=_distance_to_endplate(anatomy, plane),
+                        slab_top_to_endplate_mm=_slab_top_to_endplate(anatomy, plane),
                     )
                 )
         series_truth.append(SeriesTruth(header.uid, role, number, header.description, len(planes)))
 
     l4 = anatomy.vertebra("L4")
     endplate_point, endplate_normal = anatomy.upper_endplate("L4")
-    reference, acceptable = _reference_slices(slices, l4.s_top - l4.s_bottom, anatomy, options)
+    reference, acceptable = _reference_slices(slices, l4.s_top - l4.s_bottom)
     truth = PhantomTruth(
         seed=seed,
         study_instance_uid=study.study_uid,
@@ -250,12 +264,17 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         l4_upper_endplate_point_mm=tuple(round(float(x), 4) for x in endplate_point),
         l4_upper_endplate_normal=tuple(round(float(x), 6) for x in endplate_normal),
         endplate_concavity_mm=round(anatomy.endplate_concavity_mm, 4),
+        l4_endplate_rim_mm=tuple(tuple(round(float(x), 4) for x in point) for point in l4_endplate_rim(anatomy)),
         l4_body_height_mm=round(l4.s_top - l4.s_bottom, 4),
         vertebra_condition=condition,
         series=tuple(series_truth),
         slices=tuple(slices),
         reference_sop_instance_uid=reference,
         acceptable_sop_instance_uids=tuple(acceptable),
+        expected_reason=_expected_reason(options, draws, reference),
+        hard=options.hard,
+        vendor=draws.vendor.manufacturer,
+        axial_layout=draws.axial_layout if options.axial_t2 else None,
         masks=reference_masks.get(reference, {}) if reference else {},
     )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -278,6 +297,17 @@ def _calibrate_psoas(anatomy: Anatomy, target_plvi: float) -> Anatomy:
         psoas_left=replace(anatomy.psoas_left, area_mm2=anatomy.psoas_left.area_mm2 * factor),
         psoas_right=replace(anatomy.psoas_right, area_mm2=anatomy.psoas_right.area_mm2 * factor),
     )
+
+
+def _expected_reason(options: PhantomOptions, draws: _Draws, reference: str | None) -> str | None:
+    """The `reason` a correct analysis gives for this study being not measurable, or None when it is measurable."""
+    if not options.axial_t2:
+        return "no_axial_t2"
+    if not draws.pixel_spacing:
+        return "no_pixel_spacing"
+    if reference is None:
+        return "l4_not_covered"
+    return None
 
 
 # --- draws -----------------------------------------------------------------------------------------------------------
@@ -303,15 +333,20 @@ def _draw_fat(rng: np.random.Generator, hard: bool) -> float:
     return float(rng.uniform(0.0, 0.35) if hard else rng.uniform(0.0, 0.12))
 
 
-def _draw_acquisition(rng: np.random.Generator, options: PhantomOptions) -> _Draws:
+def _draw_acquisition(rng: np.random.Generator, options: PhantomOptions, anatomy: Anatomy) -> _Draws:
     vendor = dicom.VENDORS[options.vendor or str(rng.choice(sorted(dicom.VENDORS)))]
     hard = options.hard
     misleading = options.misleading_descriptions
     if misleading is None:
         misleading = bool(hard and rng.random() < 0.3)
     tilt_deg = options.axial_tilt_deg
-    if tilt_deg is None:
-        tilt_deg = float(rng.uniform(-15, 15) if hard else rng.uniform(-6, 6))
+    if tilt_deg is None:  # the technologist angles the stack part of the way towards the L4 endplate
+        _, l4_normal = anatomy.upper_endplate("L4")
+        endplate_deg = float(np.degrees(np.arccos(np.clip(l4_normal[2], -1, 1))))
+        if hard:
+            tilt_deg = float(np.clip(endplate_deg * rng.uniform(0.0, 1.0) + rng.normal(0, 5), -18, 18))
+        else:
+            tilt_deg = float(np.clip(endplate_deg * rng.uniform(0.5, 1.0) + rng.normal(0, 2), -15, 15))
     return _Draws(
         vendor=vendor,
         misleading=misleading,
@@ -323,6 +358,12 @@ def _draw_acquisition(rng: np.random.Generator, options: PhantomOptions) -> _Dra
         axial_pixel_mm=options.axial_pixel_mm or float(rng.uniform(0.78, 0.95)),
         axial_tilt_deg=tilt_deg,
         scale=float(vendor.max_value / 0.75 * rng.uniform(0.8, 1.2)),
+        axial_layout=options.axial_layout or ("per_disc" if rng.random() < (0.4 if hard else 0.2) else "stack"),
+        # a small share of hard studies cannot be measured at all; truth.expected_reason says why
+        cover_l4=options.cover_l4 if options.cover_l4 is not None else not (hard and rng.random() < 0.04),
+        pixel_spacing=(
+            options.pixel_spacing if options.pixel_spacing is not None else not (hard and rng.random() < 0.04)
+        ),
     )
 
 
@@ -425,8 +466,8 @@ def _series_planes(
     thickness = options.axial_thickness_mm
     spacing = thickness * rng.uniform(1.1, 1.3)
     matrix = (options.axial_matrix, options.axial_matrix)
-    if options.axial_layout == "per_disc":
-        planes = _per_disc_planes(anatomy, options, matrix, pixel, thickness, spacing, rng)
+    if draws.axial_layout == "per_disc":
+        planes = _per_disc_planes(anatomy, draws.cover_l4, matrix, pixel, thickness, spacing, rng)
     else:
         planes = _single_stack_planes(anatomy, options, draws, matrix, pixel, thickness, spacing)
     return planes, sequence, options.through_plane_samples
@@ -451,7 +492,7 @@ def _single_stack_planes(
     axis = np.cross(superior, l4_normal)
     axis = axis / np.linalg.norm(axis) if np.linalg.norm(axis) > 1e-6 else np.array([1.0, 0, 0])
     normal = tilt(superior, axis, draws.axial_tilt_deg)
-    if options.cover_l4:
+    if draws.cover_l4:
         l2 = anatomy.vertebra("L2")
         top = l2.s_middle
         bottom = -6.0
@@ -472,7 +513,7 @@ def _single_stack_planes(
 
 def _per_disc_planes(
     anatomy: Anatomy,
-    options: PhantomOptions,
+    cover_l4: bool,
     matrix: tuple[int, int],
     pixel: float,
     thickness: float,
@@ -488,7 +529,7 @@ def _per_disc_planes(
         upper = anatomy.vertebrae[index + 1]
         if upper.name in ("L1", "T12", "T11", "T10"):
             continue
-        if not options.cover_l4 and lower.name == "L4":
+        if not cover_l4 and lower.name == "L4":
             continue
         centre, normal = anatomy.disc_centre(lower)
         normal = tilt(normal, anatomy.rotation[:, 0], float(rng.uniform(-3, 3)))
@@ -514,12 +555,43 @@ def _distance_to_endplate(anatomy: Anatomy, plane: SlicePlane) -> float:
     return float(np.dot(plane.position - point, plane.normal)) / float(np.dot(normal, plane.normal))
 
 
-def _reference_slices(
-    slices: list[SliceTruth], height: float, anatomy: Anatomy, options: PhantomOptions
-) -> tuple[str | None, list[str]]:
+def l4_endplate_rim(anatomy: Anatomy, points: int = 24) -> np.ndarray:
+    """LPS points on the rim of the L4 upper endplate (the squircle outline of `structures._endplates`)."""
+    vertebra = anatomy.vertebra("L4")
+    centre, normal = anatomy.upper_endplate("L4")
+    lateral = anatomy.rotation[:, 0] - np.dot(anatomy.rotation[:, 0], normal) * normal
+    lateral /= np.linalg.norm(lateral)
+    posterior = np.cross(normal, lateral)
+    angles = np.linspace(0, 2 * np.pi, points, endpoint=False)
+    k = float(SQUIRCLE) * (np.cos(angles) * np.sin(angles)) ** 2
+    # radius r of the outline along each angle: r2 - c cos2 sin2 r4 = 1
+    safe = np.maximum(k, 1e-12)
+    radius = np.sqrt(np.where(k > 1e-9, (1 - np.sqrt(1 - 4 * safe)) / (2 * safe), 1.0))
+    return (
+        centre
+        + np.outer(radius * np.cos(angles) * vertebra.half_width, lateral)
+        + np.outer(radius * np.sin(angles) * vertebra.half_depth, posterior)
+    )
+
+
+def _slab_top_to_endplate(anatomy: Anatomy, plane: SlicePlane) -> float:
+    """How far (mm, along the endplate normal) the top of the slice's slab reaches above the L4 upper endplate."""
+    centre, normal = anatomy.upper_endplate("L4")
+    top = plane.position + plane.normal * plane.thickness / 2
+    cosine = float(np.dot(normal, plane.normal))
+    rim = l4_endplate_rim(anatomy)
+    above_rim = ((top - rim) * plane.normal).sum(axis=1) / cosine
+    above_centre = float(np.dot(top - centre, plane.normal)) / cosine + anatomy.endplate_concavity_mm
+    return round(float(max(above_rim.max(), above_centre)), 4)
+
+
+def _reference_slices(slices: list[SliceTruth], height: float) -> tuple[str | None, list[str]]:
     """Apply REFERENCE_RULE."""
-    limit = -(options.axial_thickness_mm / 2 + anatomy.endplate_concavity_mm)
-    candidates = [s for s in slices if -height / 2 <= s.distance_to_endplate_mm <= limit and s.vertebra_mm2 > 0]
+    candidates = [
+        s
+        for s in slices
+        if s.slab_top_to_endplate_mm <= 0 and s.distance_to_endplate_mm >= -height / 2 and s.vertebra_mm2 > 0
+    ]
     if not candidates:
         return None, []
     reference = max(candidates, key=lambda s: s.distance_to_endplate_mm)
