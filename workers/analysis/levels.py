@@ -19,8 +19,10 @@ counting was: the pipeline sends any level below its confidence threshold to rev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
+from scipy import fft as sp_fft
 from scipy import ndimage, signal
 
 from workers.analysis.geometry import (
@@ -109,13 +111,27 @@ def _line_kernel(length_mm: float, tilt_degrees: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
+@lru_cache(maxsize=8)
+def _line_kernel_spectra(shape: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray]:
+    """Spectra of the tilted line kernels for images of one shape (every slab of a series shares it)."""
+    size = int(np.ceil(ENDPLATE_LENGTH_MM / 2 / GRID_MM)) * 2 + 1
+    padded = (sp_fft.next_fast_len(shape[0] + size - 1), sp_fft.next_fast_len(shape[1] + size - 1))
+    spectra = np.stack(
+        [sp_fft.rfft2(_line_kernel(ENDPLATE_LENGTH_MM, tilt), s=padded) for tilt in TILTS_DEGREES]
+    )
+    return padded, spectra
+
+
 def tilted_edge_responses(image: np.ndarray) -> np.ndarray:
-    """Strength of long edges at each tilt of TILTS_DEGREES: (tilt, row, column), image scaled to its 99th centile."""
+    """Strength of long edges at each tilt of TILTS_DEGREES: (tilt, row, column), image scaled to its 99th centile.
+
+    One forward transform of the gradient serves every tilt (the kernels' spectra are cached per image shape)."""
     scale = float(np.percentile(image, 99)) or 1.0
     gradient = np.abs(ndimage.gaussian_filter(image / scale, EDGE_SIGMA_MM / GRID_MM, order=(1, 0)))
-    return np.stack(
-        [signal.fftconvolve(gradient, _line_kernel(ENDPLATE_LENGTH_MM, tilt), mode="same") for tilt in TILTS_DEGREES]
-    )
+    padded, spectra = _line_kernel_spectra(gradient.shape)
+    responses = sp_fft.irfft2(sp_fft.rfft2(gradient, s=padded)[None] * spectra, s=padded, axes=(1, 2))
+    half = int(np.ceil(ENDPLATE_LENGTH_MM / 2 / GRID_MM))
+    return responses[:, half : half + gradient.shape[0], half : half + gradient.shape[1]].astype(np.float32)
 
 
 def endplate_response(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
