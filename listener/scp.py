@@ -37,6 +37,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     MRImageStorage,
     RLELossless,
+    UID,
 )
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
@@ -114,6 +115,9 @@ def read_header(data: bytes | memoryview, transfer_syntax: str) -> Dataset:
         if transfer_syntax == DeflatedExplicitVRLittleEndian:  # PS3.5 A.5: the whole data set is raw deflate
             data = _inflate(data)
         implicit = transfer_syntax == ImplicitVRLittleEndian
+        if _looks_explicit(data) == implicit:
+            # pydicom would silently read it the other way, and the file would then lie about its encoding.
+            raise BadInstance(CANNOT_PARSE, f"data set is not encoded as negotiated ({UID(transfer_syntax).name})")
         dataset = read_dataset(BytesIO(data), is_implicit_VR=implicit, is_little_endian=True)
         keywords_present = [keyword for keyword in PIXEL_DATA_KEYWORDS if keyword in dataset]
         last = dataset.get_item(next(reversed(dataset.keys()))) if len(dataset) else None  # raw, as read
@@ -128,6 +132,12 @@ def read_header(data: bytes | memoryview, transfer_syntax: str) -> Dataset:
     if declared not in (None, UNDEFINED_LENGTH) and last.value is not None and len(last.value) != declared:
         raise BadInstance(CANNOT_PARSE, f"data set is truncated: element {last.tag} declares {declared} bytes")
     return dataset
+
+
+def _looks_explicit(data: bytes | memoryview) -> bool:
+    """True when the first element carries a VR (two upper-case letters after the tag, PS3.5 7.1.2)."""
+    vr = bytes(data[4:6])
+    return len(vr) == 2 and vr.isalpha() and vr.isupper()
 
 
 def _inflate(data: bytes | memoryview) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, _config
 
 from listener.scp import (
@@ -160,11 +160,16 @@ def quarantined(settings: Settings) -> dict[bytes, dict]:  # type: ignore[type-a
     }
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # the bad UID is the point
 def test_bad_data_sets_are_refused_and_quarantined_and_the_listener_keeps_serving(
     settings: Settings, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     good, template = write_mr_study(tmp_path / "study", series=1, instances_per_series=2)
     complete = encoded(template)
+    implicit_copy = dcmread(template)
+    implicit_copy.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    implicit_copy.save_as(tmp_path / "implicit.dcm", implicit_vr=True)
+    implicit = data_set_bytes(tmp_path / "implicit.dcm")
     rng = random.Random(7)
     cases = {
         "non-DICOM bytes": (b"%PDF-1.4 this is not DICOM\n" * 40, generate_uid(), CANNOT_PARSE),
@@ -176,6 +181,7 @@ def test_bad_data_sets_are_refused_and_quarantined_and_the_listener_keeps_servin
             encoded(template, SOPClassUID=CTImageStorage), dcmread(template).SOPInstanceUID,
             DATASET_DOES_NOT_MATCH_SOP_CLASS,
         ),
+        "implicit VR on an explicit VR context": (implicit, dcmread(template).SOPInstanceUID, CANNOT_PARSE),
         "UID that walks out of the spool": (
             encoded(template, StudyInstanceUID="../../../escaped"), dcmread(template).SOPInstanceUID, MISSING_OR_INVALID_UID
         ),
