@@ -79,26 +79,41 @@ def result_object(study_uid: str, series_uid: str, sop_uid: str, status: str, ma
     areas = {name: round(float(mask.sum()) * PIXEL_MM * PIXEL_MM, 1) for name, mask in masks.items()}
     measured = status != "not_measurable"
     plvi = round((areas["psoas_left"] + areas["psoas_right"]) / areas["vertebra"], 4) if measured else None
+    reason = {"ok": None, "needs_review": "level_uncertain", "not_measurable": "no_axial_t2"}[status]
+    checks = {
+        "psoas_left_area_mm2": {"value": areas["psoas_left"], "limit": [200.0, 3500.0], "pass": True},
+        "slice_to_endplate_mm": {"value": 3.1, "limit": 10.0, "pass": True},
+        "lumbar_vertebrae_counted": {"value": 5, "limit": 5, "pass": True},
+        "level_confidence": {"value": 0.31 if status == "needs_review" else 0.9, "limit": 0.5,
+                             "pass": status != "needs_review"},
+    }
     return {
         "study_instance_uid": study_uid,
         "status": status,
-        "reason": {"ok": None, "needs_review": "asymmetry", "not_measurable": "no_axial_t2"}[status],
+        "reason": reason,
+        "reason_text": None if reason is None else f"explanation of {reason}",
         "plvi": plvi,
         "psoas_left_mm2": areas["psoas_left"] if measured else None,
         "psoas_right_mm2": areas["psoas_right"] if measured else None,
         "vertebra_mm2": areas["vertebra"] if measured else None,
         "cutoff": cutoff,
         "low_psoas_mass": (plvi < cutoff) if plvi is not None else None,
-        "slice": {"series_instance_uid": series_uid, "sop_instance_uid": sop_uid, "instance_number": 1}
-        if measured else None,
+        "slice": {"series_instance_uid": series_uid, "sop_instance_uid": sop_uid, "instance_number": 1,
+                  "slice_to_endplate_mm": 3.1} if measured else None,
         "level_method": "sagittal",
         "level": {
             "series_instance_uid": generate_uid(),
             "l4_upper_endplate": {"point_mm": [1.5, -20.0, 41.0], "normal": [0.0, 0.17, 0.98]},
             "lumbar_vertebrae_counted": 5,
         },
-        "qc": {"confidence": 0.93, "slice_to_endplate_mm": 3.1, "asymmetry": 0.02},
-        "timings_ms": {"total": 640.0},
+        "qc": {
+            "series": {series_uid: {"description": "t2_tse_tra", "orientation": "axial", "weighting": "T2",
+                                    "weighting_from": "headers", "skipped": "", "images": "1"}},
+            "level": {"confidence": 0.9, "discs_found": 6.0},
+            "checks": checks if measured else {},
+        },
+        "timings_ms": {"find_level": 400.0, "segment": 200.0, "total": 640.0},
+        "algorithm_version": "0.1.0",
     }
 
 

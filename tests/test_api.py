@@ -146,8 +146,10 @@ def test_study_shows_numbers_checks_series_level_and_key_image(client, api_setti
     detail = client.get(f"/api/studies/{study.study_uid}").json()
     result = detail["analysis"]["result"]
     assert detail["analysis"]["plvi"] == pytest.approx(study.plvi)
-    assert result["qc"]["slice_to_endplate_mm"] == 3.1 and result["level"]["lumbar_vertebrae_counted"] == 5
+    assert result["qc"]["checks"]["slice_to_endplate_mm"]["value"] == 3.1
+    assert result["level"]["lumbar_vertebrae_counted"] == 5
     assert detail["series"][0]["used_for"] == "measurement (axial)"
+    assert detail["series"][0]["classified_as"] == "axial, T2"
 
     png = client.get(f"/api/studies/{study.study_uid}/key-image.png")
     assert png.headers["content-type"] == "image/png"
@@ -242,3 +244,16 @@ def test_plvi_user_add_creates_a_user_who_can_log_in(api_settings, engine, base_
     short = subprocess.run([PLVI, "user-add", "x", "--password-stdin"], input="short\n", env=env,
                            capture_output=True, text=True, check=False, timeout=60)
     assert short.returncode == 2 and "at least 8 characters" in short.stderr
+
+
+def test_study_page_shows_failed_checks_first_the_series_seen_and_the_level_evidence(base_url, api_settings, engine):
+    study = seed_study(api_settings, engine, index=6, psoas_radius=10, status="needs_review")
+    with httpx.Client(base_url=base_url, timeout=30) as browser:
+        browser.post("/login", data={"username": USER, "password": PASSWORD})
+        page = browser.get(f"/studies/{study.study_uid}").text
+    checks = page[page.index('id="qc"'):page.index('id="level"')]
+    assert checks.index("level_confidence") < checks.index("slice_to_endplate_mm")  # the failed check first
+    assert "FAIL" in checks and checks.count("pass") == 3
+    assert "axial, T2" in page and "measurement (axial)" in page
+    assert "explanation of level_uncertain" in page and "3.1 mm below the endplate" in page
+    assert "discs_found" in page and f"{study.plvi:.3f}" in page

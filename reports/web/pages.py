@@ -29,6 +29,7 @@ from reports.web.worklist import (
     audit,
     audit_events,
     day_start,
+    quality_checks,
     study_detail,
     worklist,
 )
@@ -153,6 +154,7 @@ def _study_page(request: Request, user: User, study_uid: str, *, error: str | No
         events = audit_events(session, study_uid, 20)
     return templates.TemplateResponse(request, "study.html", {
         "user": user, "study": detail, "analysis": detail["analysis"], "error": error, "events": events,
+        "checks": quality_checks(detail["analysis"]["result"]) if detail["analysis"] else [],
         "colours": {name: "#{:02x}{:02x}{:02x}".format(*rgb) for name, rgb in OUTLINE_COLOURS.items()},
     }, status_code=status_code)
 

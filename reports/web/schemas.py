@@ -67,6 +67,7 @@ class SeriesOut(BaseModel):
     series_description: str
     instances: int
     used_for: str | None
+    classified_as: str | None = Field(description="orientation, weighting and skip reason the analysis found")
 
 
 class StudyDetail(BaseModel):

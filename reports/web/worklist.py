@@ -131,10 +131,12 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
     ).all())
     result = analysis.result if analysis else {}
     used = {(result.get("slice") or {}).get("series_instance_uid"), (result.get("level") or {}).get("series_instance_uid")}
+    classified = (result.get("qc") or {}).get("series") or {}
     series = [
         {"series_instance_uid": s.series_instance_uid, "series_number": s.series_number, "modality": s.modality,
          "series_description": s.series_description, "instances": counts.get(s.series_instance_uid, 0),
-         "used_for": _used_for(s.series_instance_uid, result) if s.series_instance_uid in used else None}
+         "used_for": _used_for(s.series_instance_uid, result) if s.series_instance_uid in used else None,
+         "classified_as": _classification(classified.get(s.series_instance_uid))}
         for s in sorted(session.exec(select(Series).where(Series.study_instance_uid == study_uid)).all(),
                         key=lambda s: (s.series_number is None, s.series_number or 0))
     ]
@@ -157,6 +159,27 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
         "reviews": [review_dict(r) | {"current": analysis is not None and r.analysis_id == analysis.id}
                     for r in reviews],
     }
+
+
+def _classification(found: dict[str, Any] | None) -> str | None:
+    """How the analysis saw a series (orientation, weighting, why it was skipped), as one phrase."""
+    if not found:
+        return None
+    words = [str(found.get(key)) for key in ("orientation", "weighting") if found.get(key) not in (None, "")]
+    if found.get("skipped"):
+        words.append(f"skipped: {found['skipped']}")
+    return ", ".join(words)
+
+
+def quality_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The quality gate's checks as rows (name, value, limit, passed), failed ones first."""
+    checks = (result.get("qc") or {}).get("checks") or {}
+    rows = [
+        {"name": name, "value": check.get("value"), "limit": check.get("limit"), "passed": bool(check.get("pass"))}
+        for name, check in checks.items()
+        if isinstance(check, dict)
+    ]
+    return sorted(rows, key=lambda row: row["passed"])
 
 
 def _used_for(series_uid: str, result: dict[str, Any]) -> str:
