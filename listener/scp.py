@@ -269,12 +269,19 @@ class Listener:
             (evt.EVT_C_STORE, self._on_store),
         ]
         # AE.start_server(block=False) with our server class (it offers no way to pass one).
-        self._server = self.ae.make_server(
-            (self.settings.host, self.settings.port),
-            evt_handlers=handlers,
-            ssl_context=_ssl_context(self.settings),
-            server_class=_Server,
-        )
+        try:
+            self._server = self.ae.make_server(
+                (self.settings.host, self.settings.port),
+                evt_handlers=handlers,
+                ssl_context=_ssl_context(self.settings),
+                server_class=_Server,
+            )
+        except OSError as error:
+            self.writer.stop()
+            raise RuntimeError(
+                f"cannot listen for DICOM on {self.settings.host}:{self.settings.port}: {error}. Is another listener "
+                "running there? Stop it or choose another PLVI_PORT"
+            ) from error
         self.ae._servers.append(self._server)
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
             # pynetdicom's standard PDU/DIMSE log handlers run under a lock shared by all associations and copy each

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import zlib
 from pathlib import Path
@@ -16,6 +17,7 @@ from listener.access import (
     AccessPolicy,
 )
 from listener.spool import OutOfSpace, Spool, is_safe_uid
+from plvi.db import make_engine
 from plvi.settings import Settings
 
 
@@ -111,3 +113,14 @@ def test_deflated_data_set_that_inflates_without_bound_is_refused(monkeypatch: p
     with pytest.raises(scp.BadInstance, match="inflates beyond") as refused:
         scp.read_header(bomb, DeflatedExplicitVRLittleEndian)
     assert refused.value.status == scp.CANNOT_PARSE
+
+
+def test_a_taken_port_is_reported_with_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = Settings(_env_file=None, data_dir=tmp_path, host="127.0.0.1", port=taken.getsockname()[1])
+        engine = make_engine(f"sqlite:///{tmp_path / 'unused.db'}")
+        with pytest.raises(RuntimeError, match="PLVI_PORT"):
+            scp.start_listener(settings, engine)
+        engine.dispose()
