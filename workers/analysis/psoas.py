@@ -17,13 +17,14 @@ from skimage.measure import regionprops
 from skimage.morphology import disk, h_maxima
 from skimage.segmentation import watershed
 
+from workers.analysis.evidence import ellipse_fit, open_by_disk
+
 PRIOR_OFFSET_MM = 17
 """Expected psoas centre at L4: this far lateral to the body's edge (half an adult psoas width)."""
 
 PRIOR_RADIUS_MM = 14
 SEARCH_LATERAL_MM = 80
-WIDE_NECK = 0.7
-"""Two dark basins are one structure when they meet along at least 70 % of the smaller one's width."""
+WIDE_NECK = 0.75
 
 
 STRICT_LEVEL = 0.15
@@ -31,6 +32,11 @@ STRICT_LEVEL = 0.15
 
 EDGE_SEARCH_MM = 3
 """How far beyond the clear core the half-way edge is looked for (the width of a blurred edge)."""
+
+ZONE_ANTERIOR_MM = 8
+ZONE_POSTERIOR_MM = 5
+
+MARGIN = 8
 
 FAT_POCKET_MM2 = 200
 """Enclosed bright pockets up to this size inside dark muscle are intramuscular fat and count as muscle."""
@@ -48,53 +54,77 @@ class PsoasFinding:
 
 def find_psoas(corrected: np.ndarray, body: np.ndarray, vertebra: np.ndarray) -> tuple[PsoasFinding, PsoasFinding]:
     """(right, left) psoas of the patient; the right one lies at lower columns in the canonical view."""
-    return (_find_one(corrected, body, vertebra, side=-1), _find_one(corrected, body, vertebra, side=+1))
-
-
-def _find_one(corrected: np.ndarray, body: np.ndarray, vertebra: np.ndarray, side: int) -> PsoasFinding:
     smooth = ndi.gaussian_filter(corrected, 1.0)
+    return (_find_one(smooth, body, vertebra, side=-1), _find_one(smooth, body, vertebra, side=+1))
+
+
+def _find_one(smooth: np.ndarray, body: np.ndarray, vertebra: np.ndarray, side: int) -> PsoasFinding:
+    """One psoas; ``side`` is -1 for the patient's right (towards column 0), +1 for the left."""
     top, left, bottom, right = regionprops(vertebra.astype(np.uint8))[0].bbox
     centre_row = int(round(0.5 * (top + bottom)))
     edge = left if side < 0 else right - 1
+    middle = int(0.5 * (left + right))
+    rows = slice(max(top - 45, 0), min(bottom + 15, body.shape[0]))
+    columns = slice(max(edge - SEARCH_LATERAL_MM, 0), middle) if side < 0 else \
+        slice(middle, min(edge + SEARCH_LATERAL_MM, body.shape[1]))
+    # Work in a window around the search region (with a margin for the closings), then place the result back.
+    window = (slice(max(rows.start - MARGIN, 0), rows.stop + MARGIN),
+              slice(max(columns.start - MARGIN, 0), columns.stop + MARGIN))
     roi = np.zeros_like(body)
-    row_slice = slice(max(top - 45, 0), min(bottom + 15, body.shape[0]))
-    if side < 0:
-        column_slice = slice(max(edge - SEARCH_LATERAL_MM, 0), int(0.5 * (left + right)))
-    else:
-        column_slice = slice(int(0.5 * (left + right)), min(edge + SEARCH_LATERAL_MM, body.shape[1]))
-    roi[row_slice, column_slice] = True
-    roi &= body & ~ndi.binary_dilation(vertebra, disk(1))
-    empty = np.zeros_like(body)
-    if roi.sum() < 200:
-        return PsoasFinding(empty, 0.0, {"found": 0.0})
-
-    rr, cc = np.ogrid[: body.shape[0], : body.shape[1]]
+    roi[rows, columns] = True
+    roi = (roi & body & ~ndi.binary_dilation(vertebra, disk(1)))[window]
+    smooth, vertebra = smooth[window], vertebra[window]
+    empty = np.zeros(body.shape, dtype=bool)
+    rr, cc = np.ogrid[window[0].start: window[0].stop, window[1].start: window[1].stop]
+    rr, cc = rr[: roi.shape[0]], cc[:, : roi.shape[1]]
     prior = (rr - centre_row) ** 2 + (cc - (edge + side * PRIOR_OFFSET_MM)) ** 2 <= PRIOR_RADIUS_MM**2
-    if not np.any(prior & roi):
+    if roi.sum() < 200 or not np.any(prior & roi):
         return PsoasFinding(empty, 0.0, {"found": 0.0})
-    muscle_level = float(np.percentile(smooth[prior & roi], 20))
     fat_level = float(np.percentile(smooth[roi], 95))
+    floor = float(np.percentile(smooth[roi], 1))
+    seed_values = smooth[prior & roi]
+    seed_values = seed_values[seed_values < 0.5 * (floor + fat_level)]
+    if seed_values.size < 20:
+        return PsoasFinding(empty, 0.0, {"found": 0.0})
+    muscle_level = float(np.median(seed_values))
+    noise = 1.4826 * float(np.median(np.abs(seed_values - muscle_level)))
     strict = muscle_level + STRICT_LEVEL * (fat_level - muscle_level)
     half_way = muscle_level + 0.5 * (fat_level - muscle_level)
+    # Flowing blood (aorta, vena cava, iliac vessels) can be much darker than muscle: a flow void. Whatever is
+    # darker than muscle by more than the noise and half the muscle-to-void gap is not muscle.
+    darker_than_muscle = muscle_level - max(4.0 * noise, 0.5 * (muscle_level - floor))
+    muscle_like = roi & (smooth > darker_than_muscle)
 
     # The core is what is clearly muscle; bowel and mesentery are of intermediate signal and stay outside it.
     # Dark neighbours (aorta, vena cava, quadratus lumborum, the foramen) are split off where they meet the psoas
     # through a neck narrower than both (a watershed of the distance map, then merging across wide necks).
-    clear = _fill_small_holes(ndi.binary_closing(roi & (smooth < strict), disk(1)) & roi, FAT_POCKET_MM2)
-    clear = ndi.binary_opening(clear, disk(2))
-    core = _blob_at(clear, prior)
+    clear = ndi.binary_closing(muscle_like & (smooth < strict), disk(1)) & roi
+    clear = _fill_fat_pockets(clear, muscle_like)
+    # At L4 the psoas lies beside the body: from a little in front of it to a little behind it, and lateral to
+    # the middle of its side.
+    zone = ((rr >= top - ZONE_ANTERIOR_MM) & (rr <= bottom + ZONE_POSTERIOR_MM)
+            & (side * (cc - (edge - side * 0.2 * (right - left))) >= 0))
+    core = _blob_at(open_by_disk(clear, 2), prior, zone)
     if core is None:
         return PsoasFinding(empty, 0.0, {"found": 0.0})
     # The outline lies where the signal is half-way between muscle and fat (the edge of a blurred step), a few
     # millimetres out from the core at most; it is not allowed to run on into intermediate tissue.
-    muscle = ndi.binary_dilation(core, disk(1), iterations=EDGE_SEARCH_MM, mask=roi & (smooth < half_way))
-    muscle = _fill_small_holes(ndi.binary_closing(muscle, disk(3)), FAT_POCKET_MM2) | core
+    muscle = ndi.binary_dilation(core, disk(1), iterations=EDGE_SEARCH_MM, mask=muscle_like & (smooth < half_way))
+    muscle = _fill_fat_pockets(ndi.binary_closing(muscle, disk(3)) & muscle_like, muscle_like) | core
     muscle &= ~vertebra
-    return PsoasFinding(muscle, *_evidence(muscle, smooth, vertebra, muscle_level, fat_level))
+    confidence, evidence = _evidence(muscle, smooth, vertebra, muscle_level, fat_level)
+    empty[window] = muscle
+    return PsoasFinding(empty, confidence, evidence)
 
 
-def _blob_at(mask: np.ndarray, prior: np.ndarray) -> np.ndarray | None:
-    """The blob of ``mask`` under ``prior``: watershed basins of the distance map, merged across wide necks."""
+def _blob_at(mask: np.ndarray, prior: np.ndarray, zone: np.ndarray) -> np.ndarray | None:
+    """The blob of ``mask`` under ``prior``: watershed basins of the distance map, merged across wide necks.
+
+    Two basins are one structure when the neck between them is nearly as thick as the thinner of the two
+    (the saddle of the distance map at least ``WIDE_NECK`` times the smaller peak): an oval psoas split in two
+    halves is merged again, a round vessel pressed against the psoas is not. Basins centred outside ``zone``
+    (where the psoas lies at L4) are never merged: the vena cava in front, the canal's surroundings behind.
+    """
     distance = ndi.distance_transform_edt(mask)
     markers, _ = ndi.label(h_maxima(distance, 1.0))
     basins = watershed(-distance, markers, mask=mask)
@@ -104,29 +134,39 @@ def _blob_at(mask: np.ndarray, prior: np.ndarray) -> np.ndarray | None:
     overlaps[0] = 0
     if overlaps.max() == 0:
         return None
-    radius = ndi.maximum(distance, basins, index=np.arange(basins.max() + 1))
+    peaks = ndi.maximum(distance, basins, index=np.arange(basins.max() + 1))
+    centres = ndi.center_of_mass(mask, basins, index=np.arange(1, basins.max() + 1))
+    in_zone = [False] + [bool(zone[int(round(row)), int(round(column))]) for row, column in centres]
     members = {int(np.argmax(overlaps))}
     blob = basins == next(iter(members))
     while True:
-        touching = basins[ndi.binary_dilation(blob, disk(1)) & ~blob]
-        necks = np.bincount(touching, minlength=basins.max() + 1)
-        necks[0] = 0
-        blob_radius = max(radius[index] for index in members)
-        wide = [index for index in np.nonzero(necks)[0]
-                if necks[index] >= WIDE_NECK * 2 * min(radius[index], blob_radius)]
+        # The saddle towards each neighbouring basin: the thickest point of the neck, seen from its side.
+        rim = ndi.binary_dilation(blob, disk(1)) & ~blob & mask
+        saddles = ndi.maximum(distance, basins * rim, index=np.arange(basins.max() + 1))
+        blob_peak = max(peaks[index] for index in members)
+        wide = [index for index in range(1, basins.max() + 1)
+                if index not in members and saddles[index] > 0 and in_zone[index]
+                and saddles[index] >= WIDE_NECK * min(peaks[index], blob_peak)]
         if not wide:
             return blob
-        members.update(int(index) for index in wide)
+        members.update(wide)
         blob = np.isin(basins, list(members))
 
 
-def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
-    """Fill enclosed holes up to ``max_area`` pixels; larger enclosed regions are other structures, not fat."""
-    holes, _ = ndi.label(ndi.binary_fill_holes(mask) & ~mask)
+def _fill_fat_pockets(mask: np.ndarray, fatty: np.ndarray) -> np.ndarray:
+    """Fill enclosed holes of at most ``FAT_POCKET_MM2`` lying within ``fatty`` (tissue not darker than muscle).
+
+    Larger enclosed regions are other structures, and dark ones (a flow void caught between muscle and bone)
+    are vessels, not intramuscular fat.
+    """
+    holes, count = ndi.label(ndi.binary_fill_holes(mask) & ~mask)
+    if count == 0:
+        return mask
     sizes = np.bincount(holes.ravel())
-    small = sizes <= max_area
-    small[0] = False
-    return mask | small[holes]
+    outside_fatty = np.bincount(holes[~fatty].ravel(), minlength=count + 1)
+    pocket = (sizes <= FAT_POCKET_MM2) & (outside_fatty == 0)
+    pocket[0] = False
+    return mask | pocket[holes]
 
 
 def _evidence(muscle: np.ndarray, smooth: np.ndarray, vertebra: np.ndarray, muscle_level: float,
@@ -154,5 +194,6 @@ def _evidence(muscle: np.ndarray, smooth: np.ndarray, vertebra: np.ndarray, musc
         "eccentricity": float(region.eccentricity),
         "contrast": float(contrast),
         "edge_support": edge_support,
+        "ellipse_fit": ellipse_fit(muscle),
         "confidence": float(confidence),
     }

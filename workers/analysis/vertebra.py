@@ -15,7 +15,8 @@ from scipy import ndimage as ndi
 from skimage.measure import regionprops
 from skimage.morphology import disk
 
-from workers.analysis.evidence import band, ramp
+from workers.analysis.evidence import band, ellipse_fit, open_by_disk, ramp
+from workers.analysis.outline import refine_star_outline
 
 PEDICLE_CUT_RADIUS_MM = 5
 """Opening radius: a disc of 11 mm does not fit through an adult pedicle or lamina, but fits in any L4 body."""
@@ -25,6 +26,29 @@ BODY_AREA_MM2 = (700.0, 3200.0)
 
 EDGE_SEARCH_MM = 4
 """How far beyond the selected core the half-way edge is looked for: enough for a blurred edge, not for a leak."""
+
+WINDOW_LEVELS = 12
+WINDOW_WIDEST = 6
+"""Windows span 2 to 5 steps of (fat - darkest) / 11: narrow enough to split marrow from fat, wide enough for
+marrow that is uneven (fat islands, partial volume with the endplate)."""
+
+REFINED_CANDIDATES = 5
+
+ELLIPSE_FIT_RAMP = (0.85, 0.93)
+"""A lumbar body is close to an ellipse in cross-section (0.93-0.98 overlap with its moment ellipse)."""
+EDGE_CONTRAST_RAMP = (0.05, 0.2)
+"""Marrow must differ from both its dark and its bright surroundings by a fifth of the signal range."""
+EDGE_SUPPORT_RAMP = (0.3, 0.6)
+"""Share of rays that meet a real edge; pedicles and grazed endplates leave some rays without one."""
+IRREGULARITY_RAMP = (0.3, 0.1)
+"""Share of rays whose edge strays from the smoothed outline: a leak or a ragged edge."""
+
+ENDPLATE_BAND_MM = 12.0
+"""A slice just below the upper endplate often grazes it in front or behind (lordosis, 4-5 mm slices): a dark
+band of endplate up to about a centimetre deep inside the body's outline, with fat or canal beyond."""
+
+CORTEX_MM = 1.0
+"""Thickness of the cortical shell of a lumbar body (about 0.5-1 mm; dark on every MR sequence)."""
 
 SEARCH_HALF_WIDTH_MM = 75
 """Half-width of the band around the trunk's midline searched for the body (its centre, plus its width, plus
@@ -51,59 +75,79 @@ def find_vertebral_body(corrected: np.ndarray, body: np.ndarray) -> VertebraFind
     smooth = ndi.gaussian_filter(corrected, 1.0)[:, first:last]
     trunk = body[:, first:last]
     midline -= first
-    levels = np.quantile(smooth[trunk], np.linspace(0.1, 0.9, 9))
-    footprint = disk(PEDICLE_CUT_RADIUS_MM)
+    # Marrow lies anywhere between muscle and fat (fatty marrow of the elderly is nearly as bright as fat):
+    # windows of every width between the darkest tissue and fat, in even steps of signal.
+    darkest, fat = (float(level) for level in np.percentile(smooth[trunk], [2, 90]))
+    levels = np.linspace(darkest, fat, WINDOW_LEVELS)
 
-    best: tuple[float, np.ndarray, dict[str, float]] | None = None
+    candidates: list[tuple[float, np.ndarray]] = []
     seen: set[tuple[int, ...]] = set()
     for low_index in range(len(levels) - 2):
-        for high_index in range(low_index + 2, len(levels)):
+        for high_index in range(low_index + 2, min(low_index + WINDOW_WIDEST, len(levels))):
             window = trunk & (smooth > levels[low_index]) & (smooth < levels[high_index])
-            labels, _ = ndi.label(ndi.binary_opening(window, footprint))
+            labels, _ = ndi.label(open_by_disk(window, PEDICLE_CUT_RADIUS_MM))
             for region in regionprops(labels):
                 key = (*region.bbox, int(region.area))
                 if not BODY_AREA_MM2[0] <= region.area <= BODY_AREA_MM2[1] or key in seen:
                     continue
                 seen.add(key)
                 candidate = ndi.binary_fill_holes(labels == region.label)
-                evidence = _score(candidate, smooth, midline, rows)
-                # Many windows fit perfectly; among them the most convex one has the fewest leaks.
-                preference = evidence["vertebra_score"] + 0.1 * evidence["vertebra_solidity"]
-                if best is None or preference > best[0]:
-                    best = (preference, candidate, evidence)
-    if best is None or best[2]["vertebra_score"] <= 0.05:
+                score = _score(candidate, smooth, midline, rows)["vertebra_score"]
+                if score > 0.05:
+                    candidates.append((score + 0.1 * region.solidity, candidate))
+    if not candidates:
         return None
-    grown, contrast = _grow_to_half_way_edges(best[1], smooth, trunk)
-    evidence = _score(grown, smooth, midline, rows)
-    evidence["vertebra_edge_contrast"] = contrast
-    confidence = evidence["vertebra_score"] * ramp(contrast, 0.05, 0.2)
+
+    # Several windows give plausible cores; each is refined to its edges and judged on the refined outline.
+    signal_range = fat - darkest
+    best: tuple[float, np.ndarray, dict[str, float]] | None = None
+    for _, core in sorted(candidates, key=lambda item: -item[0])[:REFINED_CANDIDATES]:
+        refined, edges = _refine_outline(core, smooth, trunk, signal_range=signal_range, bright_level=fat)
+        if refined.sum() < BODY_AREA_MM2[0] / 2:
+            continue
+        evidence = {**_score(refined, smooth, midline, rows), **edges, "vertebra_ellipse_fit": ellipse_fit(refined)}
+        confidence = (
+            evidence["vertebra_score"]
+            * ramp(evidence["vertebra_ellipse_fit"], *ELLIPSE_FIT_RAMP)
+            * ramp(edges["vertebra_edge_contrast"], *EDGE_CONTRAST_RAMP)
+            * ramp(edges["vertebra_edge_support"], *EDGE_SUPPORT_RAMP)
+            * ramp(edges["vertebra_irregularity"], *IRREGULARITY_RAMP)
+        )
+        if best is None or confidence > best[0]:
+            best = (confidence, refined, evidence)
+    if best is None:
+        return None
+    confidence, refined, evidence = best
     mask = np.zeros_like(body)
-    mask[:, first:last] = grown
+    mask[:, first:last] = refined
     return VertebraFinding(mask=mask, confidence=confidence, evidence=evidence)
 
 
-def _grow_to_half_way_edges(core: np.ndarray, smooth: np.ndarray, body: np.ndarray) -> tuple[np.ndarray, float]:
-    """Grow the candidate core to the whole body: its edge lies half-way between marrow and the tissue beyond.
+def _refine_outline(core: np.ndarray, smooth: np.ndarray, trunk: np.ndarray, signal_range: float,
+                    bright_level: float) -> tuple[np.ndarray, dict[str, float]]:
+    """Move the core's outline to the body's true edge, ray by ray (outline.py), and say how clear that edge is.
 
-    The half-way level is where a blurred edge between two tissues sits (full width at half maximum), so the
-    outline does not depend on how sharp the image is. Dark neighbours are the psoas and cortex, bright ones the
-    surrounding fat. Returns the mask and the weaker of the two contrasts (0..1 of the marrow-to-neighbour gap).
+    Where the body meets dark tissue (psoas, vessels) the edge found is the inner surface of the dark cortical
+    shell, which belongs to the body, so the shell is added there. ``vertebra_edge_contrast`` is the weaker of the
+    marrow-to-dark and marrow-to-bright contrasts around the body, as a share of the signal range.
     """
-    marrow = float(np.median(smooth[core]))
-    ring = ndi.binary_dilation(core, disk(12)) & ~ndi.binary_dilation(core, disk(2)) & body
-    neighbours = smooth[ring]
-    dark = float(np.percentile(neighbours, 10))
-    bright = float(np.percentile(neighbours, 90))
-    inside = (smooth > 0.5 * (marrow + dark)) & (smooth < 0.5 * (marrow + bright))
-    inside &= ndi.binary_dilation(core, disk(EDGE_SEARCH_MM))
-    opened = ndi.binary_opening(inside | core, disk(PEDICLE_CUT_RADIUS_MM))
-    labels, _ = ndi.label(opened)
-    overlap = np.bincount(labels[core].ravel(), minlength=labels.max() + 1)
-    overlap[0] = 0
-    mask = core if overlap.max() == 0 else labels == int(np.argmax(overlap))
-    mask = ndi.binary_fill_holes(ndi.binary_closing(mask, disk(2)))
-    contrast = min(marrow - dark, bright - marrow) / max(bright, 1e-6)
-    return mask, float(contrast)
+    interior = ndi.binary_erosion(core, disk(3))
+    values = smooth[interior] if interior.sum() > 50 else smooth[core]
+    marrow = float(np.median(values))
+    noise = 1.4826 * float(np.median(np.abs(values - marrow)))
+    mask, outline = refine_star_outline(
+        smooth, core, inside_level=marrow, minimum_step=max(4.0 * noise, 0.1 * signal_range),
+        max_shift_mm=EDGE_SEARCH_MM, dark_shell_mm=CORTEX_MM, bright_level=bright_level,
+        band_mm=ENDPLATE_BAND_MM, band_directions=(np.pi / 2, -np.pi / 2),
+    )
+    mask &= trunk
+    ring = (ndi.distance_transform_edt(~mask) <= 12) & ~(ndi.distance_transform_edt(~mask) <= 2) & trunk
+    dark, bright = np.percentile(smooth[ring], [10, 90]) if ring.any() else (marrow, marrow)
+    return mask, {
+        "vertebra_edge_contrast": float(min(marrow - dark, bright - marrow) / max(signal_range, 1e-6)),
+        "vertebra_edge_support": outline["edge_support"],
+        "vertebra_irregularity": outline["irregularity"],
+    }
 
 
 def _score(candidate: np.ndarray, smooth: np.ndarray, midline: float, body_rows: np.ndarray) -> dict[str, float]:
@@ -130,4 +174,5 @@ def _score(candidate: np.ndarray, smooth: np.ndarray, midline: float, body_rows:
     terms["flanked_by_muscle"] = ramp(min(darker), 0.0, 0.3)
     score = float(np.prod(list(terms.values())))
     return {"vertebra_score": score, **{f"vertebra_{name}": value for name, value in terms.items()},
-            "vertebra_solidity": float(region.solidity), "vertebra_area_mm2": float(region.area)}
+            "vertebra_solidity": float(region.solidity), "vertebra_area_mm2": float(region.area),
+            "vertebra_aspect_ratio": (right - left) / max(bottom - top, 1)}
