@@ -32,6 +32,7 @@ from plvi.models import Instance, Series, Study
 from plvi.settings import Settings
 from tests.dicom_factory import data_set_bytes, write_mr_study
 from tests.peers.dcmtk import echoscu, storescu
+from tests.peers.orthanc import run_orthanc
 
 # storescu proposes only uncompressed syntaxes unless told; -R limits the proposal to what the files need.
 PROPOSE = {
@@ -210,3 +211,21 @@ def test_accepted_sockets_have_nagle_disabled(settings: Settings, sqlite_url: st
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         finally:
             association.release()
+
+
+def test_a_pacs_forwarding_a_study_is_received_whole(settings: Settings, sqlite_url: str, tmp_path: Path) -> None:
+    """Orthanc plays the PACS that autoroutes a study to us; only its AE title is allowed."""
+    settings = settings.model_copy(update={"allowed_calling_aes": ["ORTHANC"]})
+    sent = write_mr_study(tmp_path / "study", series=2, instances_per_series=3, rows=48, cols=48)
+    with running_listener(settings, sqlite_url), run_orthanc(
+        tmp_path / "orthanc", modalities={"PLVI": ("PLVI", "127.0.0.1", settings.port)}
+    ) as pacs:
+        for path in sent:
+            pacs.post("/instances", path.read_bytes())
+        (study_id,) = pacs.get("/studies")
+        pacs.post("/modalities/PLVI/store", {"Resources": [study_id], "Synchronous": True})
+
+    for path in sent:
+        assert data_set_bytes(spooled_path(settings, path)) == data_set_bytes(path)
+    assert {row.calling_ae for row in rows(sqlite_url, Instance)} == {"ORTHANC"}
+    assert len(rows(sqlite_url, Instance)) == len(sent)
