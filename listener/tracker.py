@@ -69,7 +69,9 @@ def _settle(engine: Engine, study_uid: str, quiet_since: datetime, now: datetime
         ).all()
         set_hash = instance_set_hash(instances)
         key = analyze_study_key(study_uid, set_hash)
-        already_queued = session.exec(select(OutboxMessage.id).where(OutboxMessage.key == key)).first() is not None
+        already_queued = (
+            session.exec(select(OutboxMessage.id).where(OutboxMessage.key == key)).first() is not None
+        )
         if not already_queued:
             # An older analysis of this study not yet handed to the broker would only be superseded: skip it.
             session.execute(

@@ -44,7 +44,9 @@ def retry_delay_seconds(attempts: int, max_seconds: float) -> float:
     return min(max_seconds, 2.0 ** min(attempts - 1, 30))
 
 
-def publish_pending(settings: Settings, engine: Engine, celery_app: Celery, now: datetime | None = None) -> int:
+def publish_pending(
+    settings: Settings, engine: Engine, celery_app: Celery, now: datetime | None = None
+) -> int:
     """Send the pending rows that are due to the broker; return how many were published.
 
     On a broker error the failed row and the rest of the batch stay pending with a later `next_attempt_at`."""
@@ -74,7 +76,7 @@ def publish_pending(settings: Settings, engine: Engine, celery_app: Celery, now:
                         retry=True,
                         retry_policy=PUBLISH_RETRY_POLICY,
                     )
-                except Exception as error:  # any broker failure: keep the row, try again later
+                except Exception as error:  # noqa: BLE001 - any broker failure: keep the row, try again later
                     broker_error = error
                 else:
                     row.state = "published"
@@ -101,7 +103,11 @@ def publish_pending(settings: Settings, engine: Engine, celery_app: Celery, now:
 
 
 def redeliver_unfinished(
-    settings: Settings, engine: Engine, now: datetime | None = None, *, older_than_seconds: float | None = None
+    settings: Settings,
+    engine: Engine,
+    now: datetime | None = None,
+    *,
+    older_than_seconds: float | None = None,
 ) -> int:
     """Make rows published longer than `older_than_seconds` (default `redeliver_after_seconds`) ago, and not done,
     pending again."""
@@ -127,6 +133,8 @@ def mark_failed(engine: Engine, key: str, error: str) -> None:
     """A task gave up after its retries: keep the row, with the error, for the operator to see and re-queue."""
     with session_scope(engine) as session:
         session.execute(
-            update(OutboxMessage).where(OutboxMessage.key == key).values(state="failed", last_error=error[:2000])
+            update(OutboxMessage)
+            .where(OutboxMessage.key == key)
+            .values(state="failed", last_error=error[:2000])
         )
     log.error(kv("outbox_task_failed", key=key, error=error))

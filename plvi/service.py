@@ -3,12 +3,11 @@
 The main process runs the DICOM listener and a scheduler thread (study tracker, outbox publisher, periodic jobs);
 Celery workers run as child processes that consume the same broker, exactly as separate `plvi worker` processes
 would in production. Children get the settings as `PLVI_*` variables, stop on SIGTERM/SIGINT with the parent, and
-get SIGTERM from the kernel if the parent is killed outright.
+get SIGTERM from the kernel if the parent is killed outright (workers.celery_app.die_with_parent).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -43,7 +42,6 @@ PERIODIC_JOBS: list[PeriodicJob] = [redeliver_unfinished, deliver_pending, sync_
 
 WORKER_STOP_TIMEOUT_SECONDS = 60
 WORKER_RESTART_DELAY_SECONDS = 5
-PR_SET_PDEATHSIG = 1
 
 
 def run_service(settings: Settings) -> None:
@@ -97,7 +95,9 @@ def run_scheduled_jobs(settings: Settings, engine: Engine, celery_app: Celery) -
         ("settle_studies", lambda: settle_studies(settings, engine)),
         ("publish_pending", lambda: publish_pending(settings, engine, celery_app)),
     ]
-    steps += [(getattr(job, "__name__", repr(job)), lambda job=job: job(settings, engine)) for job in PERIODIC_JOBS]
+    steps += [
+        (getattr(job, "__name__", repr(job)), lambda job=job: job(settings, engine)) for job in PERIODIC_JOBS
+    ]
     for name, step in steps:
         try:
             step()
@@ -143,17 +143,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return environment
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the child when we die (even by SIGKILL), so no orphan worker keeps
-    consuming the queue. Looked up before forking: the hook itself only makes one system call."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class WorkerProcess:
-    """One `plvi worker` child (a Celery worker with `serve_workers` pool processes), restarted if it dies."""
+    """One Celery worker child with `serve_workers` pool processes, as `plvi worker` runs it; restarted if it dies."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -162,13 +153,15 @@ class WorkerProcess:
 
     def start(self) -> None:
         command = [
-            sys.executable, "-c", "from plvi.cli import app; app()",
-            "worker", "--concurrency", str(self.settings.serve_workers),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "workers.celery_app",
+            str(os.getpid()),
+            str(self.settings.serve_workers),
+        ]
         self.process = subprocess.Popen(
             command,
             env={**os.environ, **settings_environment(self.settings)},
-            preexec_fn=_die_with_parent(),
             start_new_session=True,  # a terminal's Ctrl-C reaches us only; we stop the worker ourselves
         )
         self.exited_at = None

@@ -79,7 +79,11 @@ def test_study_settled_while_redis_is_down_is_published_once_when_it_returns_and
     settings: Settings, database_url: str, engine: Engine, redis_server: RedisServer
 ) -> None:
     settings = settings.model_copy(
-        update={"database_url": database_url, "broker_url": redis_server.url, "publish_retry_max_seconds": 1.0}
+        update={
+            "database_url": database_url,
+            "broker_url": redis_server.url,
+            "publish_retry_max_seconds": 1.0,
+        }
     )
     celery_app = make_celery(settings)
     redis_server.stop()

@@ -53,7 +53,9 @@ class Serve:
         self.output_path = work_dir / "serve.log"
 
     def start(self, **variables: object) -> None:
-        environment = self.environment | {f"PLVI_{name.upper()}": str(value) for name, value in variables.items()}
+        environment = self.environment | {
+            f"PLVI_{name.upper()}": str(value) for name, value in variables.items()
+        }
         with self.output_path.open("ab") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", "from plvi.cli import app; app()", "serve"],
@@ -98,7 +100,9 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def study_files(tmp_path: Path) -> list[Path]:
-    return write_mr_study(tmp_path / "study", series=SERIES, instances_per_series=INSTANCES_PER_SERIES, rows=32, cols=32)
+    return write_mr_study(
+        tmp_path / "study", series=SERIES, instances_per_series=INSTANCES_PER_SERIES, rows=32, cols=32
+    )
 
 
 def count(engine: Engine, model: type) -> int:
@@ -199,7 +203,9 @@ def test_study_stored_before_a_sigkill_is_dispatched_once_after_restart(
     assert serve.process is not None
     serve.process.kill()
     serve.process.wait()
-    assert all(wait_for(lambda pid=pid: process_gone(pid), timeout=30, what="orphan worker exit") for pid in workers)
+    assert all(
+        wait_for(lambda pid=pid: process_gone(pid), timeout=30, what="orphan worker exit") for pid in workers
+    )
 
     serve.start(settle_seconds=1)
     assert_recorded_once(engine, study_files)
@@ -233,7 +239,9 @@ def test_study_sent_while_redis_is_down_is_stored_and_queued_when_redis_returns(
 
         send(serve, study_files)
         assert count(engine, Instance) == len(study_files)
-        wait_for(lambda: [m for m in outbox_rows(engine) if m.attempts >= 1], what="a failed publication attempt")
+        wait_for(
+            lambda: [m for m in outbox_rows(engine) if m.attempts >= 1], what="a failed publication attempt"
+        )
         assert outbox_rows(engine)[0].state == "pending"
 
         redis_server.start()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -21,7 +21,7 @@ from plvi.settings import Settings
 from workers.processing import process_study
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
-T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -52,7 +52,13 @@ def instance_record(
 
 
 def receive(
-    engine: Engine, sop_uid: str, *, at: datetime, study_uid: str = STUDY, series: str = "1", content: bytes = b""
+    engine: Engine,
+    sop_uid: str,
+    *,
+    at: datetime,
+    study_uid: str = STUDY,
+    series: str = "1",
+    content: bytes = b"",
 ) -> None:
     """Record one instance exactly as the listener does after writing its file."""
     with engine.begin() as connection:
@@ -173,7 +179,9 @@ def test_replaced_instance_bytes_queue_a_new_analysis(settings: Settings, engine
     assert len({m.key for m in outbox(engine)}) == 2
 
 
-def test_processing_the_same_instance_set_twice_stores_one_analysis(settings: Settings, engine: Engine) -> None:
+def test_processing_the_same_instance_set_twice_stores_one_analysis(
+    settings: Settings, engine: Engine
+) -> None:
     receive(engine, f"{STUDY}.1.1", at=T0)
     receive(engine, f"{STUDY}.2.1", at=T0, series="2")
     receive(engine, f"{STUDY}.2.2", at=T0, series="2")

@@ -8,7 +8,11 @@ SIGKILL) delays an analysis but cannot lose it.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import sqlite3
+import sys
 from functools import cached_property
 from pathlib import Path
 
@@ -16,12 +20,14 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from plvi.db import make_engine
-from plvi.settings import Settings
+from plvi.logs import configure_logging
+from plvi.settings import Settings, load_settings
 
 QUEUE_NAME = "plvi"
 # Redis hides a delivered, unacknowledged message for this long before handing it to another worker; it must
 # exceed the longest analysis, or a slow task would run twice (harmless, results are idempotent, but wasteful).
 REDIS_VISIBILITY_TIMEOUT_SECONDS = 2 * 3600
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class PlviCelery(Celery):
@@ -105,3 +111,21 @@ def run_worker(settings: Settings, concurrency: int) -> None:
             "--without-heartbeat",
         ]
     )
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGTERM this process when its parent dies, even by SIGKILL, so a worker of `plvi serve` never
+    outlives it and keeps consuming the queue. Done in the child itself: a pre-exec hook is unsafe in a threaded
+    parent."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        raise SystemExit(f"parent process {parent_pid} is gone; not starting a worker")
+
+
+if __name__ == "__main__":
+    # How `plvi serve` starts its worker (plvi/service.py): python -m workers.celery_app PARENT_PID CONCURRENCY
+    parent, concurrency = map(int, sys.argv[1:3])
+    die_with_parent(parent)
+    configure_logging()
+    run_worker(load_settings(), concurrency)

@@ -38,7 +38,9 @@ def _record_analysis(settings: Settings, engine: Engine, study_uid: str, instanc
     with session_scope(engine) as session:
         study = session.exec(select(Study).where(Study.study_instance_uid == study_uid)).first()
         if study is None:
-            raise LookupError(f"study {study_uid} is not in the database; was the database reset under the queue?")
+            raise LookupError(
+                f"study {study_uid} is not in the database; was the database reset under the queue?"
+            )
         analysis = session.exec(
             select(Analysis).where(
                 Analysis.study_instance_uid == study_uid, Analysis.instance_set_hash == instance_set_hash
@@ -94,7 +96,9 @@ def _series_of(session: Session, study_uid: str) -> list[dict[str, object]]:
         ).all()
     )
     series = session.exec(select(Series).where(Series.study_instance_uid == study_uid)).all()
-    series = sorted(series, key=lambda s: (s.series_number is None, s.series_number or 0, s.series_instance_uid))
+    series = sorted(
+        series, key=lambda s: (s.series_number is None, s.series_number or 0, s.series_instance_uid)
+    )
     return [
         {
             "series_instance_uid": s.series_instance_uid,

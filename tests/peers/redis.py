@@ -51,7 +51,9 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while not self._answers_ping():  # the port opens before the append-only file is loaded
             if time.monotonic() > deadline:
-                raise TimeoutError(f"redis-server did not answer PING within {timeout} s; see {self.log_path}")
+                raise TimeoutError(
+                    f"redis-server did not answer PING within {timeout} s; see {self.log_path}"
+                )
             time.sleep(0.05)
 
     def stop(self) -> None:
