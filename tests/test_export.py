@@ -13,8 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from pydantic import SecretStr
+from sqlmodel import select
 
-from plvi.db import make_engine
+from plvi.db import make_engine, session_scope
+from plvi.models import AuditEvent, ExportRun
 from plvi.settings import Settings
 from reports.export import pseudonym, run_export
 from reports.export.cohort import COLUMN_NAMES
@@ -109,6 +111,11 @@ def test_nightly_export_takes_only_what_changed_since_the_last_one(export_settin
 
     later = run_export(export_settings, engine, tmp_path / "later", since_last=True)
     assert later.rows == 1
+    with session_scope(engine) as session:
+        runs = session.exec(select(ExportRun).order_by(ExportRun.id)).all()
+        audited = session.exec(select(AuditEvent).where(AuditEvent.action == "export")).all()
+    assert [r.rows for r in runs] == [3, 0, 1] and {r.state for r in runs} == {"done"}
+    assert [e.detail["rows"] for e in audited] == [3, 0, 1]
     assert pd.read_csv(later.files["csv"])["age_years"].notna().all()
 
 

@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from plvi.db import session_scope
 from plvi.logs import kv
-from plvi.models import ExportRun, utcnow
+from plvi.models import AuditEvent, ExportRun, utcnow
 from plvi.settings import Settings
 from reports.export.cohort import COLUMNS, collect_cohort
 from reports.export.plots import plot_histogram, plot_plvi_against_age
@@ -86,6 +86,8 @@ def run_export(
         done = session.get(ExportRun, run.id)
         assert done is not None
         done.state, done.rows, done.finished_at = "done", len(cohort), utcnow()
+        session.add(AuditEvent(username="export", action="export",
+                               detail={"run": run.id, "rows": len(cohort), "out_dir": str(out_dir)}))
     log.info(kv("export_done", run=run.id, rows=len(cohort), out_dir=out_dir))
     return ExportResult(out_dir, len(cohort), since, until, summary, files)
 
