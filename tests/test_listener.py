@@ -12,12 +12,16 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import (
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    MRImageStorage,
     RLELossless,
 )
 from pynetdicom import AE
@@ -229,3 +233,22 @@ def test_a_pacs_forwarding_a_study_is_received_whole(settings: Settings, sqlite_
         assert data_set_bytes(spooled_path(settings, path)) == data_set_bytes(path)
     assert {row.calling_ae for row in rows(sqlite_url, Instance)} == {"ORTHANC"}
     assert len(rows(sqlite_url, Instance)) == len(sent)
+
+
+@pytest.mark.parametrize(
+    "sop_class, modality",
+    [(MRImageStorage, "MR"), (EnhancedMRImageStorage, "MR"), (CTImageStorage, "CT"), (EnhancedCTImageStorage, "CT")],
+    ids=["MR", "EnhancedMR", "CT", "EnhancedCT"],
+)
+def test_each_accepted_sop_class_is_stored(
+    settings: Settings, sqlite_url: str, tmp_path: Path, sop_class: str, modality: str
+) -> None:
+    (path,) = write_mr_study(tmp_path / "study", series=1, instances_per_series=1)
+    dataset = dcmread(path)
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = sop_class
+    dataset.Modality = modality
+    dataset.save_as(path)
+    with running_listener(settings, sqlite_url):
+        assert_sent(storescu(settings.port, [path], extra_args=["-R"]))
+    assert data_set_bytes(spooled_path(settings, path)) == data_set_bytes(path)
+    assert [(row.sop_class_uid, row.calling_ae) for row in rows(sqlite_url, Instance)] == [(sop_class, "STORESCU")]
