@@ -64,7 +64,7 @@ class OutboxMessage(SQLModel, table=True):
     key: str = Field(unique=True, index=True, max_length=255)
     kind: str = Field(index=True, max_length=32)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    state: str = Field(default="pending", index=True, max_length=16)  # pending | published | done | failed
+    state: str = Field(default="pending", index=True, max_length=16)  # pending | published | done | failed | superseded
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
     created_at: datetime = Field(default_factory=utcnow)
