@@ -19,6 +19,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification
 
 from listener.scp import (
     CANNOT_PARSE,
@@ -247,3 +248,19 @@ def test_write_failure_answers_out_of_resources_and_the_next_study_is_stored(
     assert "Received Store Response (Refused: OutOfResources)" in refused.stderr
     assert [row.sop_instance_uid for row in rows(sqlite_url, Instance)] == [dcmread(fine).SOPInstanceUID]
     assert not list(settings.spool_dir.joinpath(".incoming").iterdir())
+
+
+def test_associations_beyond_the_limit_are_rejected_as_transient(settings: Settings, sqlite_url: str) -> None:
+    settings = with_settings(settings, max_associations=2)
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context(Verification)
+    with running_listener(settings, sqlite_url):
+        held = [holder.associate("127.0.0.1", settings.port, ae_title="PLVI") for _ in range(2)]
+        try:
+            assert all(association.is_established for association in held)
+            refused = echoscu(settings.port)
+        finally:
+            for association in held:
+                association.release()
+        assert_sent(echoscu(settings.port))
+    assert "Rejected Transient" in refused.stderr and "Local Limit Exceeded" in refused.stderr
