@@ -27,12 +27,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
 from tests.conftest import free_port
+from tests.dicom_factory import write_mr_study
 from tests.peers.dcmtk import dcmtk_environment, run_storescp, storescu
 from tests.peers.processes import stop_process, wait_for_port
 from tests.peers.orthanc import run_orthanc
@@ -54,51 +50,6 @@ while not stopping.wait(0.5):
     pass
 listener.shutdown()
 """
-
-
-# ---------------------------------------------------------------------------------------------------- the study
-
-
-def write_study(out_dir: Path, instances: int, *, size: int = 512, seed: int = 0) -> list[Path]:
-    """One axial MR series of `instances` slices of `size`x`size` 12-bit noise, as Explicit VR Little Endian files.
-
-    Noise rather than a constant image so that nothing on the way can shortcut the pixel data.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = MRImageStorage
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "BENCH-INGEST"
-    ds.PatientName = "Bench^Ingest"
-    ds.StudyDate = "20260101"
-    ds.Modality = "MR"
-    ds.SeriesNumber = 1
-    ds.SeriesDescription = "t2_tse_tra"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [0.7, 0.7]
-    ds.SliceThickness = 4.0
-    ds.Rows = ds.Columns = size
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    paths = []
-    for number in range(1, instances + 1):
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = number
-        ds.ImagePositionPatient = [-180.0, -180.0, 4.0 * number]
-        ds.PixelData = rng.integers(0, 4096, size * size, dtype=np.uint16).tobytes()
-        path = out_dir / f"{number:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------------- receivers
@@ -179,6 +130,12 @@ RECEIVERS: dict[str, Callable[[Path], AbstractContextManager[Receiver]]] = {
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
+
+
+def write_study(out_dir: Path, instances: int, *, seed: int) -> list[Path]:
+    """One axial MR series of 512x512 16-bit slices, Explicit VR Little Endian; another seed, other UIDs."""
+    return write_mr_study(out_dir, series=1, instances_per_series=instances, rows=512, cols=512, seed=seed)
+
 
 
 def split(paths: list[Path], senders: int) -> list[list[Path]]:
@@ -417,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="plvi-bench-ingest-") as scratch_name:
         scratch = Path(scratch_name)
-        paths = write_study(scratch / "study", args.instances)
+        paths = write_study(scratch / "study", args.instances, seed=1)
         runs = []
         order = list(RECEIVERS)
         for repetition in range(args.repeat):
@@ -434,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
         shutil.rmtree(scratch / "study")
-        memory_paths = write_study(scratch / "memory-study", args.memory_instances, seed=1)
+        memory_paths = write_study(scratch / "memory-study", args.memory_instances, seed=2)
         footprint = measure_footprint(memory_paths, args.senders, scratch)
     _, variant = plvi_command()
     context = (
