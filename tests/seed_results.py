@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sqlalchemy.engine import Engine
@@ -164,3 +165,54 @@ def seed_cohort(settings: Settings, engine: Engine, count: int, *, start: int = 
                                   sex="FM"[index % 2], age=55 + (index * 7) % 40,
                                   analysed_at=base + timedelta(seconds=index)))
     return studies
+
+
+def seed_phantom_study(settings: Settings, engine: Engine, seed: int, target_plvi: float) -> SeededStudy:
+    """A phantom lumbar MRI study (workers/phantom) analysed by the real pipeline (workers/pipeline), stored as
+    the worker stores it: files under the data folder, Study/Series/Instance rows, the Analysis row and the masks."""
+    from workers.phantom.study import PhantomOptions, generate_study
+    from workers.pipeline import analyze_paths
+
+    folder = settings.data_dir / "spool" / f"phantom-{seed}"
+    generate_study(seed, folder, PhantomOptions(target_plvi=target_plvi))
+    analysed = analyze_paths([folder], settings.cutoff)
+    result = analysed.result
+    files = sorted(folder.rglob("*.dcm"))
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    first = headers[0]
+    study_uid, instance_set_hash = str(first.StudyInstanceUID), f"phantom{seed:057d}"
+    np.savez_compressed(_masks_folder(settings, study_uid, instance_set_hash) / "masks.npz", **analysed.masks)
+    with session_scope(engine) as session:
+        session.add(Study(study_instance_uid=study_uid, patient_id=str(first.PatientID),
+                          accession_number=str(first.AccessionNumber), study_date=str(first.StudyDate),
+                          state="settled", instance_set_hash=instance_set_hash))
+        for series_uid in sorted({str(h.SeriesInstanceUID) for h in headers}):
+            header = next(h for h in headers if str(h.SeriesInstanceUID) == series_uid)
+            session.add(Series(series_instance_uid=series_uid, study_instance_uid=study_uid, modality="MR",
+                               series_number=int(header.SeriesNumber),
+                               series_description=str(header.get("SeriesDescription", ""))))
+        for path, header in zip(files, headers, strict=True):
+            session.add(Instance(sop_instance_uid=str(header.SOPInstanceUID),
+                                 series_instance_uid=str(header.SeriesInstanceUID), study_instance_uid=study_uid,
+                                 sop_class_uid=str(header.SOPClassUID),
+                                 transfer_syntax_uid=str(header.file_meta.TransferSyntaxUID),
+                                 path=str(path.relative_to(settings.data_dir)), size_bytes=path.stat().st_size,
+                                 sha256="0" * 64))
+        analysis = Analysis(study_instance_uid=study_uid, instance_set_hash=instance_set_hash,
+                            status=result["status"], reason=result["reason"], plvi=result["plvi"],
+                            low_psoas_mass=result["low_psoas_mass"], result=result,
+                            algorithm_version=str(result.get("algorithm_version", "")),
+                            settings_used={"cutoff": settings.cutoff})
+        session.add(analysis)
+        session.flush()
+        analysis_id = analysis.id
+    assert analysis_id is not None
+    return SeededStudy(str(first.PatientID), str(first.PatientName), str(first.AccessionNumber), study_uid,
+                       str((result.get("slice") or {}).get("sop_instance_uid")), analysis_id, result["plvi"],
+                       result["status"])
+
+
+def _masks_folder(settings: Settings, study_uid: str, instance_set_hash: str) -> Path:
+    folder = settings.results_dir / study_uid / instance_set_hash
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

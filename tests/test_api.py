@@ -10,19 +10,23 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
-from plvi.db import make_engine, session_scope
+from plvi.db import make_engine, session_scope, upgrade_database
 from plvi.models import Analysis, OutboxMessage, Study
 from plvi.settings import Settings
+from reports.export import run_export
+from reports.hl7 import sync_worklist_flags
 from reports.web import create_app
 from reports.web.api import api_router
 from reports.web.auth import create_user
 from reports.web.keyimage import OUTLINE_COLOURS
 from tests.conftest import free_port
 from tests.http_server import serve_http
-from tests.seed_results import seed_cohort, seed_study
+from tests.seed_results import seed_cohort, seed_phantom_study, seed_study
 
 USER, PASSWORD = "reader1", "correct horse battery"
 PLVI = str(Path(sys.executable).parent / "plvi")
@@ -257,3 +261,30 @@ def test_study_page_shows_failed_checks_first_the_series_seen_and_the_level_evid
     assert "axial, T2" in page and "measurement (axial)" in page
     assert "explanation of level_uncertain" in page and "3.1 mm below the endplate" in page
     assert "discs_found" in page and f"{study.plvi:.3f}" in page
+
+
+def test_a_phantom_study_analysed_by_the_real_pipeline_is_shown_exported_and_flagged(settings, tmp_path):
+    """Whatever the pipeline concludes about the phantom, its result object fits the dashboard, the export and
+    the HL7 message: the shapes agreed in DESIGN.md hold end to end."""
+    upgrade_database(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url)
+    create_user(engine, USER, PASSWORD)
+    phantom = seed_phantom_study(settings, engine, seed=12, target_plvi=0.5)
+    with serve_http(create_app(settings, engine), free_port()) as url, \
+            httpx.Client(base_url=url, auth=(USER, PASSWORD), timeout=60) as client:
+        detail = client.get(f"/api/studies/{phantom.study_uid}")
+        assert detail.status_code == 200
+        assert detail.json()["analysis"]["status"] == phantom.status
+        measured_slice = detail.json()["analysis"]["result"]["slice"]
+        image = client.get(f"/api/studies/{phantom.study_uid}/key-image.png")
+        assert image.status_code == (200 if measured_slice else 404)
+        client.post("/login", data={"username": USER, "password": PASSWORD})
+        page = client.get(f"/studies/{phantom.study_uid}")
+        assert page.status_code == 200 and phantom.accession in page.text
+    export_settings = settings.model_copy(update={"export_key": SecretStr("phantom-key-0123456789")})
+    exported = pd.read_csv(run_export(export_settings, engine, tmp_path / "export").files["csv"])
+    assert list(exported["status"]) == [phantom.status]
+    assert phantom.patient_id not in exported.to_csv() and "Phantom" not in exported.to_csv()
+    hl7_settings = settings.model_copy(update={"hl7_host": "127.0.0.1"})
+    assert sync_worklist_flags(hl7_settings, engine) == 1
+    engine.dispose()
