@@ -96,6 +96,7 @@ class Anatomy:
     vessels_bright: bool  # slow flow: the IVC loses its flow void (a trap for psoas segmentation)
     marrow_fat: float  # fatty marrow brightens the vertebrae on T1 and T2 TSE with age
     iliac_crest_s: float  # arc length of the top of the iliac crests (usually level with L4-L5)
+    retroperitoneal_fat_mm: float  # fat between the spine and the bowel; thin patients have bowel against the psoas
 
     def vertebra(self, name: str) -> Vertebra:
         for vertebra in self.vertebrae:
@@ -315,6 +316,7 @@ def sample_anatomy(
         vessels_bright=bool(hard and rng.random() < 0.3),
         marrow_fat=float(rng.uniform(0.3, 0.7)),
         iliac_crest_s=float(l4.s_bottom + rng.uniform(-12.0, 6.0)),
+        retroperitoneal_fat_mm=float(rng.uniform(0.0, 15.0) if hard else rng.uniform(8.0, 30.0)),
     )
 
 

@@ -223,7 +223,7 @@ def mr_dataset(
     ds.PixelRepresentation = 0
     ds.SmallestImagePixelValue = int(pixels.min())
     ds.LargestImagePixelValue = int(pixels.max())
-    centre = float(np.percentile(pixels, 75))
+    centre = float(np.percentile(pixels[::4, ::4], 75))
     ds.WindowCenter = _ds(round(centre))
     ds.WindowWidth = _ds(round(max(2.0 * centre, 1.0)))
     ds.PixelData = pixels.astype("<u2").tobytes()

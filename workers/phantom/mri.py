@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 
 # tissue: (proton density relative to CSF, T1 ms, T2 ms)
 TISSUES: dict[str, tuple[float, float, float]] = {
@@ -61,11 +62,9 @@ def tissue_signals(sequence: Sequence, marrow_fat: float) -> dict[str, float]:
 
 def coil_sensitivity(points_lps: np.ndarray, elements_lps: np.ndarray, reach_mm: float) -> np.ndarray:
     """Root-sum-of-squares sensitivity of a phased-array receive coil: high near the elements, falling with depth."""
-    total = np.zeros(len(points_lps), dtype=np.float64)
-    for element in elements_lps:
-        r2 = np.sum((points_lps - element) ** 2, axis=1) / (reach_mm * reach_mm)
-        total += 1.0 / (1.0 + r2) ** 3
-    return np.sqrt(total)
+    offsets = points_lps[:, None, :] - elements_lps[None, :, :]
+    r2 = np.einsum("pek,pek->pe", offsets, offsets) / (reach_mm * reach_mm)
+    return np.sqrt((1.0 / (1.0 + r2) ** 3).sum(axis=1))
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,25 @@ class BiasField:
         raw = coil_sensitivity(points_lps, self.elements_lps, self.reach_mm)
         reference = coil_sensitivity(self.reference_lps[None, :], self.elements_lps, self.reach_mm)[0]
         return 1.0 + self.strength * (raw / reference - 1.0)
+
+
+def limited_resolution(image: np.ndarray, phase_axis: int, phase_fraction: float) -> np.ndarray:
+    """Keep only the central `phase_fraction` of k-space along the phase-encoding axis (reduced phase resolution,
+    as most protocols acquire): blur and Gibbs ringing along that axis, as in the reconstructed images."""
+    if phase_fraction >= 1.0:
+        return image
+    size = image.shape[phase_axis]
+    spectrum = scipy.fft.rfft(image, axis=phase_axis)
+    keep = int(round(phase_fraction * (size // 2 + 1)))
+    index = [slice(None)] * image.ndim
+    index[phase_axis] = slice(keep, None)
+    spectrum[tuple(index)] = 0
+    return scipy.fft.irfft(spectrum, n=size, axis=phase_axis).astype(np.float32)
+
+
+def tissue_heterogeneity(image: np.ndarray, field: np.ndarray, amplitude: float) -> np.ndarray:
+    """Slow signal variation within tissues (perfusion, microstructure) that no real image is free of."""
+    return image * (1.0 + amplitude * field)
 
 
 def rician(magnitude: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -136,7 +136,7 @@ def _box_distance(*offsets_and_halves: tuple[np.ndarray, float | np.ndarray]) ->
     return result
 
 
-def _texture(points: Points, anatomy: Anatomy, stretch_s: float = 1.0, scale: float = 1.0) -> np.ndarray:
+def texture(points: Points, anatomy: Anatomy, stretch_s: float = 1.0, scale: float = 1.0) -> np.ndarray:
     """A smooth random field with unit variance (sum of plane waves); stretch_s > 1 elongates it along the spine."""
     waves = (anatomy.texture_waves * scale).astype(np.float32)
     field = np.zeros_like(points.s)
@@ -218,8 +218,8 @@ def posterior_elements_distance(anatomy: Anatomy, t: SpineTables, p: Points, ind
     # the facet joints sit at disc level: superior articular process of the vertebra below, inferior of the one above
     disc = np.clip(np.searchsorted(t.middles, p.s) - 1, 0, len(t.middles) - 2)
     junction = (cu + 3.5, canal_v + 2.0)
-    facet = np.maximum(
-        _capsule(np.abs(p.u), p.v, junction, (junction[0] + 3.0, junction[1] + 9.0), 4.0),
+    facet = _bounded_capsule(
+        np.abs(p.u), p.v, junction, (junction[0] + 3.0, junction[1] + 9.0), 4.0,
         np.abs(p.s - (t.disc_centres[disc] + 2.0)) - 8.0,
     )
     return np.where(index > 0, np.minimum(distance, facet), distance)
@@ -230,6 +230,24 @@ def _capsule(u: np.ndarray, v: np.ndarray, start: tuple, end: tuple, radius: flo
     du, dv = end[0] - start[0], end[1] - start[1]
     fraction = np.clip(((u - start[0]) * du + (v - start[1]) * dv) / (du * du + dv * dv + 1e-6), 0.0, 1.0)
     return np.hypot(u - start[0] - fraction * du, v - start[1] - fraction * dv) - radius
+
+
+def _bounded_capsule(
+    u: np.ndarray, v: np.ndarray, start: tuple, end: tuple, radius: float, beyond: np.ndarray
+) -> np.ndarray:
+    """max(capsule distance, `beyond`): a capsule limited along the spine by `beyond` (the distance outside its
+    arc-length range). Where `beyond` alone puts a point well outside, the capsule is not evaluated."""
+    near = np.flatnonzero(beyond < 3.0)
+    result = beyond.copy()
+    if near.size:
+
+        def pick(value):
+            return value[near] if np.ndim(value) else value
+
+        subset_start = (pick(start[0]), pick(start[1]))
+        subset_end = (pick(end[0]), pick(end[1]))
+        result[near] = np.maximum(_capsule(u[near], v[near], subset_start, subset_end, radius), beyond[near])
+    return result
 
 
 def _arch_distance(anatomy: Anatomy, t: SpineTables, p: Points, index: np.ndarray) -> np.ndarray:
@@ -245,33 +263,37 @@ def _arch_distance(anatomy: Anatomy, t: SpineTables, p: Points, index: np.ndarra
     au = np.abs(p.u)
     junction = (cu + 3.5, canal_v + 1.0)
     roof = (0.0, canal_v + cv + 4.5)
-    pedicle = np.maximum(
-        _capsule(au, p.v, (0.5 * a, 0.8 * b), junction, 4.2), np.abs(p.s - (lo + 0.64 * height)) - 0.2 * height
+    pedicle = _bounded_capsule(
+        au, p.v, (0.5 * a, 0.8 * b), junction, 4.2, np.abs(p.s - (lo + 0.64 * height)) - 0.2 * height
     )
     process_length = t.process[index]
-    transverse = np.maximum(
-        _capsule(au, p.v, junction, (junction[0] + process_length, canal_v - 3.0), 3.2),
+    transverse = _bounded_capsule(
+        au, p.v, junction, (junction[0] + process_length, canal_v - 3.0), 3.2,
         np.abs(p.s - (lo + 0.58 * height)) - 4.5,
     )
-    lamina = np.maximum(
-        _capsule(au, p.v, (junction[0], junction[1] + 2.0), roof, 2.8),
+    lamina = _bounded_capsule(
+        au, p.v, (junction[0], junction[1] + 2.0), roof, 2.8,
         np.abs(p.s - (lo + 0.5 * height - 8.0)) - (0.5 * height + 1.0),
     )
     depth = np.clip(p.v - roof[1], 0.0, None)
-    spinous = np.maximum(
-        _capsule(p.u, p.v, roof, (0.0, roof[1] + 28.0), 3.0),
+    spinous = _bounded_capsule(
+        p.u, p.v, roof, (0.0, roof[1] + 28.0), 3.0,
         np.abs(p.s - (lo + 0.35 * height - 0.25 * depth)) - (0.3 * height + 1.0),
     )
     distance = np.minimum(np.minimum(pedicle, transverse), np.minimum(lamina, spinous))
-    return np.where(index > 0, distance, _sacral_wings(p, canal_v, cu))
+    sacral = np.flatnonzero(index == 0)
+    if sacral.size:
+        subset = Points(p.s[sacral], p.u[sacral], p.v[sacral])
+        distance[sacral] = _sacral_wings(subset, canal_v[sacral], cu)
+    return distance
 
 
 def _sacral_wings(p: Points, canal_v: np.ndarray, cu: float) -> np.ndarray:
     """The sacral alae beside the S1 body and the dorsal sacrum roofing the sacral canal."""
     au = np.abs(p.u)
-    ala = np.maximum(_capsule(au, p.v, (18.0, 2.0), (46.0, 12.0), 11.0), np.abs(p.s + 30.0) - 27.0)
-    dorsal = np.maximum(
-        _capsule(p.u, p.v - canal_v, (-(cu + 6.0), 9.0), (cu + 6.0, 9.0), 4.5), np.abs(p.s + 42.0) - 38.0
+    ala = _bounded_capsule(au, p.v, (18.0, 2.0), (46.0, 12.0), 11.0, np.abs(p.s + 30.0) - 27.0)
+    dorsal = _bounded_capsule(
+        p.u, p.v - canal_v, (-(cu + 6.0), 9.0), (cu + 6.0, 9.0), 4.5, np.abs(p.s + 42.0) - 38.0
     )
     return np.minimum(ala, dorsal)
 
@@ -410,9 +432,9 @@ def iliac_distances(anatomy: Anatomy, p: Points, side: int) -> tuple[np.ndarray,
     above_crest = p.s - anatomy.iliac_crest_s + 0.12 * (30.0 - p.v)
     below_pelvis = -70.0 - p.s
     extent = np.maximum(above_crest, below_pelvis)
-    bone = np.maximum(_capsule(p.u, p.v, sacroiliac, anterior, 5.0), extent)
-    iliacus = np.maximum(_capsule(p.u, p.v, sacroiliac + 12 * inward, anterior + 10 * inward, 9.0), extent + 2.0)
-    gluteus = np.maximum(_capsule(p.u, p.v, sacroiliac - 16 * inward, anterior - 14 * inward, 12.0), extent - 8.0)
+    bone = _bounded_capsule(p.u, p.v, sacroiliac, anterior, 5.0, extent)
+    iliacus = _bounded_capsule(p.u, p.v, sacroiliac + 12 * inward, anterior + 10 * inward, 9.0, extent + 2.0)
+    gluteus = _bounded_capsule(p.u, p.v, sacroiliac - 16 * inward, anterior - 14 * inward, 12.0, extent - 8.0)
     return bone, iliacus, gluteus
 
 
@@ -484,12 +506,12 @@ def layers(
         region = _Region(p, v=(-1e4, -depth_max - 15.0))
         if paint and region:
             q = region.points
-            spine_front = -(q.depth + 25.0) - 0.004 * q.u**2
+            spine_front = -(q.depth + anatomy.retroperitoneal_fat_mm) - 0.004 * q.u**2
             bowel_region = np.maximum(cavity[region.index] + 6.0, q.v - spine_front)
-            field = _texture(q, anatomy, scale=1.8)
+            field = texture(q, anatomy, scale=1.8)
             lumen = field > 0.25
             fluid = np.clip((field - 0.9) * 3.0, 0.0, 1.0)
-            gas = np.clip((_texture(q, anatomy, scale=2.9) - 1.5) * 3.0, 0.0, 1.0)
+            gas = np.clip((texture(q, anatomy, scale=2.9) - 1.5) * 3.0, 0.0, 1.0)
             content = mix("bowel_content", "bowel_fluid", fluid)
             content = content + (signals["air"] - content) * gas
             wall_or_fat = np.where(field < -0.25, signals["fat"], signals["bowel_wall"])
@@ -525,7 +547,7 @@ def layers(
             if paint:
                 canal_v, cu, _ = canal_geometry(anatomy, q.depth)
                 septum = np.abs(np.abs(q.u) - (cu + 13.0 + 0.1 * (q.v - canal_v))) < 0.9
-                fat = _texture(q, anatomy, stretch_s=4.0, scale=2.5) > _threshold(anatomy.erector_fat_fraction)
+                fat = texture(q, anatomy, stretch_s=4.0, scale=2.5) > _threshold(anatomy.erector_fat_fraction)
                 signal = np.where(septum | fat, signals["fat"], signals["muscle"])
             out.append(Layer(name, region.index, d, signal))
     for side, name in ((1, "quadratus_left"), (-1, "quadratus_right")):
@@ -554,7 +576,7 @@ def layers(
             signal = None
             if paint:
                 profile = anatomy.psoas_left if side > 0 else anatomy.psoas_right
-                fat = _texture(q, anatomy, stretch_s=5.0, scale=2.2) - _threshold(profile.fat_fraction)
+                fat = texture(q, anatomy, stretch_s=5.0, scale=2.2) - _threshold(profile.fat_fraction)
                 signal = mix("muscle", "fat", np.clip(fat * 2.0, 0.0, 1.0))
             out.append(Layer(name, region.index, d, signal))
     region = _Region(p, abs_u=(0.0, 25.0), v=(0.0, 80.0))
@@ -574,7 +596,7 @@ def layers(
         bone = np.minimum(*iliac_bones)
         signal = _bone_signal(bone, signals, 1.2)
         if paint:
-            signal = signal * (1.0 + 0.07 * _texture(pelvis.points, anatomy, scale=5.0))
+            signal = signal * (1.0 + 0.07 * texture(pelvis.points, anatomy, scale=5.0))
         out.append(Layer("iliac_bones", pelvis.index, bone, signal))
     if wanted("bones"):
         out += _bone_layers(anatomy, t, p, signals)
@@ -597,8 +619,8 @@ def _bone_layers(anatomy: Anatomy, t: SpineTables, p: Points, signals: Signals |
         d_body, index = vertebral_body_distance(anatomy, t, q)
         signal = None
         if paint:
-            signal = _bone_signal(d_body, signals, 1.0) * (1.0 + 0.07 * _texture(q, anatomy, scale=5.0))
-            cement = t.cement[index] & (d_body < -4.0) & (_texture(q, anatomy, scale=3.0) > -0.3)
+            signal = _bone_signal(d_body, signals, 1.0) * (1.0 + 0.07 * texture(q, anatomy, scale=5.0))
+            cement = t.cement[index] & (d_body < -4.0) & (texture(q, anatomy, scale=3.0) > -0.3)
             edema = t.edema[index] & (q.s > t.s_top[index] - 10.0) & (d_body < -1.0)
             signal = np.where(edema, signals["edema"], signal)
             signal = np.where(cement, signals["cement"], signal)
@@ -620,13 +642,14 @@ def _bone_signal(distance: np.ndarray, signals: Signals | None, cortex_mm: float
     return np.where(distance > -cortex_mm, signals["cortex"], signals["marrow"])
 
 
-def composite(point_count: int, painted: list[Layer], h: float) -> np.ndarray:
-    """Signal at the points with in-plane partial volume over pixels of size h (painter's algorithm)."""
+def composite(point_count: int, painted: list[Layer], h: float | np.ndarray) -> np.ndarray:
+    """Signal at the points with in-plane partial volume over pixels of size h (painter's algorithm); h may be
+    given per point."""
     image = np.zeros(point_count, np.float32)
     for layer in painted:
         if layer.signal is None:
             continue
-        weight = soft(layer.distance, h)
+        weight = soft(layer.distance, h[layer.index] if np.ndim(h) else h)
         inside = weight > 0
         index = layer.index[inside]
         signal = layer.signal[inside] if isinstance(layer.signal, np.ndarray) else layer.signal
@@ -652,7 +675,8 @@ def masks_from_layers(anatomy: Anatomy, point_count: int, computed: list[Layer],
         values[layer.index] = layer.distance
         return values
 
-    by_name = {layer.name: full(layer) for layer in computed}
+    needed = {"psoas_left", "psoas_right", "vertebral_bodies", "vertebral_body_index", *TRUTH_HIDDEN_BY}
+    by_name = {layer.name: full(layer) for layer in computed if layer.name in needed}
     masks: dict[str, np.ndarray] = {}
     for name in ("psoas_left", "psoas_right"):
         mask = by_name[name] <= 0 if name in by_name else np.zeros(point_count, bool)

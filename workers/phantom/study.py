@@ -25,7 +25,15 @@ from scipy import ndimage
 
 from workers.phantom import dicom
 from workers.phantom.anatomy import Anatomy, sample_anatomy
-from workers.phantom.mri import BiasField, Sequence, ghosts, rician, tissue_signals
+from workers.phantom.mri import (
+    BiasField,
+    Sequence,
+    ghosts,
+    limited_resolution,
+    rician,
+    tissue_heterogeneity,
+    tissue_signals,
+)
 from workers.phantom.stacks import SlicePlane, stack, tilt
 from workers.phantom.structures import (
     ERECTOR_DEPTH,
@@ -38,6 +46,7 @@ from workers.phantom.structures import (
     layers,
     masks_from_layers,
     render,
+    texture,
     truth_masks,
 )
 
@@ -163,6 +172,7 @@ class _Draws:
     coil_reach: float
     anterior_coil: bool
     ghost_amplitude: float
+    phase_resolution: float
     axial_pixel_mm: float
     axial_tilt_deg: float
     scale: float
@@ -355,6 +365,7 @@ def _draw_acquisition(rng: np.random.Generator, options: PhantomOptions, anatomy
         coil_reach=float(rng.uniform(80, 120) if hard else rng.uniform(140, 220)),
         anterior_coil=bool(not hard or rng.random() < 0.5),
         ghost_amplitude=float(rng.uniform(0.02, 0.06) if hard and rng.random() < 0.5 else 0.0),
+        phase_resolution=float(rng.uniform(0.6, 0.85) if hard else rng.uniform(0.75, 1.0)),
         axial_pixel_mm=options.axial_pixel_mm or float(rng.uniform(0.78, 0.95)),
         axial_tilt_deg=tilt_deg,
         scale=float(vendor.max_value / 0.75 * rng.uniform(0.8, 1.2)),
@@ -636,46 +647,60 @@ def _acquire(
     draws: _Draws,
     phase_direction: str,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, list[Layer]]:
+) -> tuple[np.ndarray, tuple[list[Layer], int, int]]:
     """The magnitude image of one slice (slab average, coil sensitivity, ghosts, Rician noise) and the structures
-    on its centre plane.
+    evaluated for it (layers, number of points, of which the first ones are the centre plane's pixels).
 
-    The slab is sampled on its centre plane at full resolution and on `samples - 1` further planes across the
-    thickness at half resolution (partial volume through the plane is smooth in plane; this halves the cost)."""
+    The centre plane is rendered at full resolution. What changes across the slab's thickness (partial volume of a
+    disc at the top of a vertebra, say) is rendered at a third of the resolution, `samples` planes across the slab
+    minus the centre plane, and added: the through-plane average at a fraction of the cost, edges kept sharp."""
     h = min(plane.pixel_spacing)
-    centre = Points.on_plane(anatomy, plane)
-    centre_layers = layers(anatomy, centre, signals)
-    image = composite(centre.s.size, centre_layers, h).reshape(plane.rows, plane.columns)
-    if samples > 1:
-        coarse = _half_resolution(plane)
-        offsets = (np.arange(samples) - (samples - 1) / 2) * plane.thickness / samples
-        slab = np.zeros((coarse.rows, coarse.columns), np.float32)
-        for offset in offsets[offsets != 0]:
-            points = Points.on_plane(anatomy, coarse, float(offset))
-            slab += render(anatomy, points, signals, 2 * h).reshape(slab.shape)
-        image = (image + _double(slab, image.shape)) / samples
+    shape = (plane.rows, plane.columns)
+    coarse = _reduced(plane, SLAB_REDUCTION)
+    offsets = (np.arange(samples) - (samples - 1) / 2) * plane.thickness / samples
+    planes = [Points.on_plane(anatomy, plane), *(Points.on_plane(anatomy, coarse, float(o)) for o in offsets)]
+    sizes = [p.s.size for p in planes]
+    # one evaluation for all planes: the per-call overhead of numpy dominates on the small ones
+    together = Points(*(np.concatenate([getattr(p, k) for p in planes]) for k in ("s", "u", "v")))
+    pixel_size = np.repeat(np.array([h] + [SLAB_REDUCTION * h] * samples, np.float32), sizes)
+    all_layers = layers(anatomy, together, signals)
+    rendered = np.split(composite(together.s.size, all_layers, pixel_size), np.cumsum(sizes)[:-1])
+    image = rendered[0].reshape(shape)
+    low = [r.reshape(coarse.rows, coarse.columns) for r in rendered[1:]]
+    centre_low = low[samples // 2] if samples % 2 else np.mean(low, axis=0)
+    change = np.mean(low, axis=0) - centre_low
+    image = image + _upsample(change, shape, SLAB_REDUCTION)
+    phase_axis = 1 if phase_direction == "ROW" else 0
+    heterogeneity = texture(planes[1 + samples // 2], anatomy, scale=2.0).reshape(coarse.rows, coarse.columns)
+    image = tissue_heterogeneity(image, _upsample(heterogeneity, shape, SLAB_REDUCTION), 0.05)
+    image = limited_resolution(image, phase_axis, draws.phase_resolution)
     image = image * _smooth_on_plane(bias.at, plane)
-    image = ghosts(image, draws.ghost_amplitude, 1 if phase_direction == "ROW" else 0, rng)
+    image = ghosts(image, draws.ghost_amplitude, phase_axis, rng)
     sigma = signals["fat"] / draws.snr
-    return rician(image, sigma, rng), centre_layers
+    return rician(image, sigma, rng), (all_layers, together.s.size, sizes[0])
 
 
-def _half_resolution(plane: SlicePlane) -> SlicePlane:
-    """The same field of view with pixels twice as large (pixel (0, 0) centred on the first 2x2 block)."""
-    shift = 0.5 * (plane.pixel_spacing[0] * plane.column_direction + plane.pixel_spacing[1] * plane.row_direction)
+SLAB_REDUCTION = 3  # in-plane reduction of the planes that carry the through-plane partial volume
+
+
+def _reduced(plane: SlicePlane, factor: int) -> SlicePlane:
+    """The same field of view with pixels `factor` times larger, pixel (0, 0) centred on the first block."""
+    shift = (factor - 1) / 2 * (
+        plane.pixel_spacing[0] * plane.column_direction + plane.pixel_spacing[1] * plane.row_direction
+    )
     return replace(
         plane,
         position=plane.position + shift,
-        rows=(plane.rows + 1) // 2,
-        columns=(plane.columns + 1) // 2,
-        pixel_spacing=(2 * plane.pixel_spacing[0], 2 * plane.pixel_spacing[1]),
+        rows=-(-plane.rows // factor),
+        columns=-(-plane.columns // factor),
+        pixel_spacing=(factor * plane.pixel_spacing[0], factor * plane.pixel_spacing[1]),
     )
 
 
-def _double(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Upsample a half-resolution image (from `_half_resolution`) to `shape` bilinearly."""
-    rows = np.clip((np.arange(shape[0]) - 0.5) / 2, 0, image.shape[0] - 1)
-    columns = np.clip((np.arange(shape[1]) - 0.5) / 2, 0, image.shape[1] - 1)
+def _upsample(image: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
+    """Bilinear upsampling of an image of `_reduced` pixels back onto the full grid."""
+    rows = np.clip((np.arange(shape[0]) - (factor - 1) / 2) / factor, 0, image.shape[0] - 1)
+    columns = np.clip((np.arange(shape[1]) - (factor - 1) / 2) / factor, 0, image.shape[1] - 1)
     r0 = np.minimum(rows.astype(int), image.shape[0] - 2)
     c0 = np.minimum(columns.astype(int), image.shape[1] - 2)
     fr = (rows - r0).astype(np.float32)[:, None]
@@ -705,12 +730,13 @@ def _smooth_on_plane(field, plane: SlicePlane, step: int = 8) -> np.ndarray:
 
 
 def _slice_truth(
-    anatomy: Anatomy, plane: SlicePlane, centre_layers: list[Layer], refine: int = 4
+    anatomy: Anatomy, plane: SlicePlane, evaluated: tuple[list[Layer], int, int], refine: int = 4
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Masks at pixel centres and exact areas: boundary pixels are resampled `refine` x `refine` times."""
     shape = (plane.rows, plane.columns)
-    masks = masks_from_layers(anatomy, plane.rows * plane.columns, centre_layers, "L4")
-    masks = {name: mask.reshape(shape) for name, mask in masks.items()}
+    computed, point_count, centre_count = evaluated
+    masks = masks_from_layers(anatomy, point_count, computed, "L4")
+    masks = {name: mask[:centre_count].reshape(shape) for name, mask in masks.items()}
     boundary = np.zeros(shape, bool)
     for mask in masks.values():
         boundary |= ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask)
