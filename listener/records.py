@@ -1,21 +1,20 @@
 """Database rows for received instances: Study, Series and Instance upserted in one transaction.
 
 Committing once per instance with synchronous=FULL (SQLite) or a WAL flush (PostgreSQL) caps ingest at a few hundred
-instances per second however many peers send. `RecordWriter` is a single writer thread that commits the rows of all
-concurrent C-STORE handlers together (group commit); each handler still waits until its own row is committed before
-it answers the peer, so "success" keeps meaning "on disk and in the database".
+instances per second however many peers send. `RecordWriter` commits the rows of concurrent C-STORE handlers together
+(group commit); each handler still waits until its own row is committed before it answers the peer, so "success"
+keeps meaning "on disk and in the database".
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+import time
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime
+from functools import lru_cache
 
 from sqlalchemy import Column, Connection, Executable, case
 from sqlalchemy.dialects import postgresql, sqlite
@@ -150,53 +149,64 @@ def record_instances(connection: Connection, records: Sequence[InstanceRecord]) 
 @dataclass
 class _Pending:
     record: InstanceRecord
-    done: Future[None]
+    committed: bool = False
+    error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.committed or self.error is not None
 
 
 class RecordWriter:
-    """One thread that commits the rows of concurrent handlers in batches; `record()` blocks until committed."""
+    """Group commit without a writer thread: a handler that finds no commit in progress commits every row queued
+    so far (its own included) while the others wait for that commit; a lone sender pays no thread hand-off."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 128) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="plvi-record-writer", daemon=True)
+        self._queue: list[_Pending] = []
+        self._changed = threading.Condition()
+        self._committing = False
         self._stopping = False
 
     def start(self) -> None:
-        self._thread.start()
+        self._stopping = False
 
     def stop(self) -> None:
-        """Commit what is queued, then stop the thread."""
+        """Refuse new rows; rows already queued are committed by the handlers waiting for them."""
         self._stopping = True
-        self._queue.put(None)
-        self._thread.join()
 
     def record(self, record: InstanceRecord, timeout: float = 60.0) -> None:
         """Return once the row is committed; raise the database's error (or TimeoutError) if it is not."""
         if self._stopping:
             raise RuntimeError("the listener is shutting down; the peer should send this instance again")
-        pending = _Pending(record, Future())
-        self._queue.put(pending)
-        pending.done.result(timeout=timeout)
+        pending = _Pending(record)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            self._queue.append(pending)
+            while not pending.finished:
+                if not self._committing:
+                    self._commit_queue()
+                elif not self._changed.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError(f"the database did not commit within {timeout} s")
+        if pending.error is not None:
+            raise pending.error
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
+    def _commit_queue(self) -> None:
+        """Called with the lock held; releases it while the database works."""
+        batch, self._queue = self._queue, []
+        self._committing = True
+        self._changed.release()
+        try:
             self._commit(batch)
+        except BaseException as error:  # never leave a waiter whose row is in no queue and no commit
+            for pending in batch:
+                if not pending.finished:
+                    pending.error = error
+            raise
+        finally:
+            self._changed.acquire()
+            self._committing = False
+            self._changed.notify_all()
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
@@ -204,11 +214,11 @@ class RecordWriter:
                 record_instances(connection, [pending.record for pending in batch])
         except Exception as batch_error:  # one bad row must not fail its neighbours: retry them one by one
             if len(batch) == 1:
-                batch[0].done.set_exception(batch_error)
+                batch[0].error = batch_error
                 return
             log.warning(kv("record_batch_failed", size=len(batch), error=batch_error.__class__.__name__))
             for pending in batch:
                 self._commit([pending])
             return
         for pending in batch:
-            pending.done.set_result(None)
+            pending.committed = True
