@@ -13,9 +13,11 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from functools import cached_property
 from pathlib import Path
 
+import sqlalchemy.exc
 from celery import Celery
 from sqlalchemy.engine import Engine
 
@@ -65,7 +67,7 @@ def make_celery(settings: Settings) -> PlviCelery:
         enable_utc=True,
     )
     if settings.broker_is_embedded:
-        prepare_embedded_broker(settings)
+        prepare_embedded_broker(app)
     return app
 
 
@@ -85,16 +87,26 @@ def embedded_broker_path(settings: Settings) -> Path:
     return Path(settings.effective_broker_url.removeprefix("sqla+sqlite:///"))
 
 
-def prepare_embedded_broker(settings: Settings) -> None:
+def prepare_embedded_broker(app: PlviCelery) -> None:
     """Create the embedded queue's SQLite file in WAL mode (a property of the file, kept across connections), so
-    workers polling the queue do not block the publisher."""
-    path = embedded_broker_path(settings)
+    workers polling the queue do not block the publisher, and create its tables now: kombu creates them on first
+    use without a lock, and two processes doing that at once make one of them fail."""
+    path = embedded_broker_path(app.plvi_settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, timeout=30)
     try:
         connection.execute("PRAGMA journal_mode=WAL")
     finally:
         connection.close()
+    for attempt in range(3):
+        try:
+            with app.connection_for_write() as broker:
+                broker.default_channel.queue_declare(queue=QUEUE_NAME, durable=True, auto_delete=False)
+            return
+        except sqlalchemy.exc.DatabaseError:  # table or queue row created meanwhile: another process won the race
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
 
 
 def run_worker(settings: Settings, concurrency: int) -> None:
