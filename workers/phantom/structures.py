@@ -590,7 +590,11 @@ def layers(
         signal = None
         if paint:
             roots = (np.cos(q.u * 1.9) * np.cos((q.v - canal_v) * 1.9) > 0.75) & (q.v - canal_v > 0.0)
-            signal = np.where(roots, signals["nerve"], signals["csf"])
+            # the spinal cord ends in the conus medullaris at about L1-L2; below it the cauda equina
+            conus_end = anatomy.vertebra("L1").s_bottom
+            cord_radius = np.clip((q.s - conus_end) / 6.0, 0.0, 1.0) * 4.5
+            cord = np.hypot(q.u, q.v - canal_v) < cord_radius
+            signal = np.where(roots | cord, signals["nerve"], signals["csf"])
         out.append(Layer("thecal_sac", region.index, sac, signal))
     if iliac_bones:
         bone = np.minimum(*iliac_bones)

@@ -7,10 +7,10 @@ REFERENCE_RULE (also written into truth.json): for each axial slice let d be the
 caudal) from the L4 upper endplate plane of the point where the slice's centre plane meets the endplate's normal
 through the endplate centre, and let `slab_top_to_endplate_mm` be how far the top of the slice's slab (centre plane
 + thickness / 2) reaches above the endplate surface anywhere over the endplate (its rim, and its centre, which is
-dished by the endplate concavity). The reference slice is the slice with the largest d such that the whole slab
-lies in the bone of L4 (slab_top_to_endplate_mm <= 0) and d >= -(L4 body height / 2). The acceptable slices are the
-reference and its neighbours in the same stack whose centre still lies caudal to the endplate in the upper half of
-L4 (-(height / 2) <= d < 0).
+dished by the endplate concavity). Among the slices whose centre lies caudal to the endplate in the upper half
+of L4 (-(L4 body height / 2) <= d < 0), the reference slice is the most cranial one whose whole slab lies in the
+bone of L4 (slab_top_to_endplate_mm <= 0); when a steep tilt leaves none, the one whose slab reaches least above
+the endplate. The acceptable slices are the reference and its neighbours in the same stack within that window.
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ REFERENCE_RULE = (
     "d = signed distance (mm, negative caudal) from the L4 upper endplate plane of the point where the slice's "
     "centre plane meets the endplate normal through the endplate centre; slab_top_to_endplate_mm = how far the top "
     "of the slice's slab (centre plane + thickness / 2) reaches above the endplate surface over the endplate (rim "
-    "and dished centre); reference = the slice with the largest d such that slab_top_to_endplate_mm <= 0 (the whole "
-    "slab lies in the L4 body) and d >= -(L4 body height / 2); acceptable = the reference and its neighbours in the "
-    "same stack with -(L4 body height / 2) <= d < 0"
+    "and dished centre); window = slices with -(L4 body height / 2) <= d < 0; reference = the slice in the window "
+    "with the largest d among those with slab_top_to_endplate_mm <= 0 (the whole slab lies in the L4 body), or, if "
+    "none, the one with the smallest slab_top_to_endplate_mm; acceptable = the reference and its neighbours in the "
+    "same stack that are in the window"
 )
 TRUTH_STRUCTURES = ("psoas_left", "psoas_right", "vertebra")
 
@@ -598,24 +599,24 @@ def _slab_top_to_endplate(anatomy: Anatomy, plane: SlicePlane) -> float:
 
 def _reference_slices(slices: list[SliceTruth], height: float) -> tuple[str | None, list[str]]:
     """Apply REFERENCE_RULE."""
-    candidates = [
-        s
-        for s in slices
-        if s.slab_top_to_endplate_mm <= 0 and s.distance_to_endplate_mm >= -height / 2 and s.vertebra_mm2 > 0
-    ]
-    if not candidates:
+
+    def in_window(s: SliceTruth) -> bool:
+        return -height / 2 <= s.distance_to_endplate_mm < 0 and s.vertebra_mm2 > 0
+
+    window = [s for s in slices if in_window(s)]
+    if not window:
         return None, []
-    reference = max(candidates, key=lambda s: s.distance_to_endplate_mm)
-    same_stack = sorted(
-        (s for s in slices if s.stack == reference.stack), key=lambda s: s.distance_to_endplate_mm
-    )
+    wholly_in_bone = [s for s in window if s.slab_top_to_endplate_mm <= 0]
+    if wholly_in_bone:
+        reference = max(wholly_in_bone, key=lambda s: s.distance_to_endplate_mm)
+    else:
+        reference = min(window, key=lambda s: s.slab_top_to_endplate_mm)
+    same_stack = sorted((s for s in slices if s.stack == reference.stack), key=lambda s: s.distance_to_endplate_mm)
     position = same_stack.index(reference)
     acceptable = [reference.sop_instance_uid]
     for neighbour_index in (position - 1, position + 1):
-        if 0 <= neighbour_index < len(same_stack):
-            neighbour = same_stack[neighbour_index]
-            if -height / 2 <= neighbour.distance_to_endplate_mm < 0:
-                acceptable.append(neighbour.sop_instance_uid)
+        if 0 <= neighbour_index < len(same_stack) and in_window(same_stack[neighbour_index]):
+            acceptable.append(same_stack[neighbour_index].sop_instance_uid)
     return reference.sop_instance_uid, acceptable
 
 
