@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 from listener.tracker import settle_studies
 from plvi.db import make_engine
 from plvi.models import Analysis, OutboxMessage, utcnow
-from plvi.outbox import analyze_study_key, publish_pending, redeliver_unfinished
+from plvi.outbox import analyze_study_key, publish_pending, redeliver_unfinished, retry_delay_seconds
 from plvi.service import WorkerProcess
 from plvi.settings import Settings
 from tests.conftest import free_port
@@ -73,6 +73,12 @@ def settled_study(settings: Settings, engine: Engine) -> None:
     receive(engine, f"{STUDY}.1.1", at=at)
     receive(engine, f"{STUDY}.2.1", at=at, series="2")
     assert settle_studies(settings, engine) == [STUDY]
+
+
+def test_publication_retries_wait_twice_as_long_each_time_up_to_the_cap() -> None:
+    assert [retry_delay_seconds(attempts, 300) for attempts in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert retry_delay_seconds(10, 300) == 300
+    assert retry_delay_seconds(10_000, 300) == 300
 
 
 def test_study_settled_while_redis_is_down_is_published_once_when_it_returns_and_a_worker_runs_it(
