@@ -21,7 +21,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
-from listener.scp import (
+from listener.received import (
     CANNOT_PARSE,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     MISSING_OR_INVALID_UID,

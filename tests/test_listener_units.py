@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from listener import scp
+from listener import received, scp
 from listener.access import (
     DIAGNOSTIC_CALLING_AE_NOT_RECOGNIZED,
     DIAGNOSTIC_NO_REASON_GIVEN,
@@ -107,12 +107,12 @@ def test_one_sop_instance_is_handled_by_one_thread_at_a_time(tmp_path: Path) -> 
 
 
 def test_deflated_data_set_that_inflates_without_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scp, "MAX_INFLATED_BYTES", 2**20)
+    monkeypatch.setattr(received, "MAX_INFLATED_BYTES", 2**20)
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     bomb = deflater.compress(bytes(50 * 2**20)) + deflater.flush()
-    with pytest.raises(scp.BadInstance, match="inflates beyond") as refused:
-        scp.read_header(bomb, DeflatedExplicitVRLittleEndian)
-    assert refused.value.status == scp.CANNOT_PARSE
+    with pytest.raises(received.BadInstance, match="inflates beyond") as refused:
+        received.read_header(bomb, DeflatedExplicitVRLittleEndian)
+    assert refused.value.status == received.CANNOT_PARSE
 
 
 def test_a_taken_port_is_reported_with_what_to_do(tmp_path: Path) -> None:
