@@ -8,7 +8,7 @@ Method, on a 1 mm grid resampled in each sagittal slab with rows running caudall
 3. The vertebral column is the band of columns whose edge profile repeats at a vertebral pitch (25-50 mm), measured
    by autocorrelation in 100 mm windows and followed by dynamic programming as the lordosis bends it. Along it the
    peaks of the edge response are the disc spaces.
-4. Counting up from the sacrum: among the three lowest disc spaces, L5-S1 is the most inclined (the sacral slope of
+4. Counting up from the sacrum: of the two lowest disc spaces, L5-S1 is the more inclined (the sacral slope of
    a supine patient; sacral segment junctions, still visible in young adults, and the sacrum's lower surfaces lie
    flatter). The second disc above it is L3-L4, and the L4 upper endplate is the caudal surface of that disc.
 Transitional anatomy (six lumbar vertebrae, a sacralised L5) cannot be told apart without seeing the ribs, so the
@@ -297,9 +297,10 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
     keep = (prominence >= MIN_DISC_PROMINENCE) & (peaks >= margin) & (peaks <= n_rows - 1 - margin)
     candidates = [int(row) for row in peaks[keep]]
     inclinations = [_inclination(tilted, path, row) for row in candidates]
-    # L5-S1 is the most inclined disc in a supine patient (the sacral slope); sacral segment junctions and the
-    # sacrum's lower surfaces below it, and lumbar discs above it, lie flatter. Ties go to the lower disc.
-    lowest = range(max(0, len(candidates) - 3), len(candidates))
+    # L5-S1 is the most inclined disc in a supine patient (the sacral slope). The lowest candidate is either L5-S1 or
+    # an edge below it (a sacral segment junction, still seen in young adults, or the pelvis where the column
+    # leaves the sacrum), which lies flatter: of the two lowest, the more inclined is L5-S1; a tie goes lower.
+    lowest = range(max(0, len(candidates) - 2), len(candidates))
     ranked = sorted(lowest, key=lambda i: (inclinations[i], i), reverse=True)
     l5_s1_index = ranked[0] if ranked else -1
     inclination_margin = inclinations[ranked[0]] - inclinations[ranked[1]] if len(ranked) > 1 else 0.0
