@@ -135,3 +135,12 @@ def test_per_disc_blocks_in_one_series_are_axial_even_when_l5_s1_is_tilted_40_de
     assert classify_series(series).orientation == "axial"
     assert classify_series(series).skip_reason is None
     assert len(choose_series([series]).axial_slices) == 9
+
+
+def test_a_stack_whose_positions_step_sideways_is_not_trusted(tmp_path: Path) -> None:
+    study, frame = generate_uid(), generate_uid()
+    write_series(tmp_path, study_uid=study, frame_of_reference_uid=frame,
+                 positions=[(-25.0 + 5 * n, -25.0, 0.0) for n in range(6)])  # axial orientation, moving left
+    [series] = read_study_headers([tmp_path]).series
+    assert classify_series(series).skip_reason == "geometry_inconsistent"
+    assert choose_series([series]).axial_slices == []

@@ -169,6 +169,9 @@ def classify_series(series: SeriesHeader) -> SeriesClass:
         orientation = "mixed"
         skip_reason = skip_reason or "localizer"
 
+    if skip_reason is None and not _stacks_follow_their_normals(series):
+        skip_reason = "geometry_inconsistent"
+
     weighting = weighting_from_headers(
         series.echo_time, series.repetition_time, series.inversion_time, series.scanning_sequence
     )
@@ -177,6 +180,21 @@ def classify_series(series: SeriesHeader) -> SeriesClass:
         weighting = weighting_from_description(series.series_description or "")
         weighting_from = "description" if weighting != "unknown" else "none"
     return SeriesClass(orientation, weighting, skip_reason, weighting_from)
+
+
+def _stacks_follow_their_normals(series: SeriesHeader) -> bool:
+    """A cheap check of the headers against each other: the images of a stack must lie one behind the other along
+    the normal their orientation gives. Positions that step sideways instead mean ImageOrientationPatient or
+    ImagePositionPatient is wrong, and no geometry built on them can be trusted."""
+    for stack in _stacks_of(series):
+        if len(stack) < 2:
+            continue
+        normal = slice_normal(stack[0].orientation)  # type: ignore[arg-type]
+        ordered = sorted(stack, key=lambda i: position_along(i.position, normal))  # type: ignore[arg-type]
+        step = np.subtract(ordered[-1].position, ordered[0].position)
+        if np.linalg.norm(step) > 1e-3 and angle_between_degrees(step, normal) > 45.0:
+            return False
+    return True
 
 
 def _is_per_disc_axial(series: SeriesHeader) -> bool:
