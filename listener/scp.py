@@ -286,9 +286,9 @@ class Listener:
                         replace(record, path=stored.relative_path, size_bytes=stored.size_bytes, sha256=stored.sha256)
                     )
                 except Exception:
-                    if stored.outcome == "created":  # keep the spool and the database telling the same story
-                        stored.path.unlink(missing_ok=True)
+                    self.spool.undo(stored)  # keep the spool and the database telling the same story
                     raise
+                self.spool.keep(stored)
         except Exception as error:  # PS3.4 B.2.3: A700 out of resources; never success without the file and row
             log.error(
                 kv(

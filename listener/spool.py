@@ -56,6 +56,7 @@ class StoredFile:
     size_bytes: int
     sha256: str
     outcome: Literal["created", "unchanged", "replaced"]
+    previous: Path | None = None  # the replaced version, kept (hard link) until `keep` or `undo`
 
 
 class Spool:
@@ -130,9 +131,30 @@ class Spool:
             return StoredFile(target, relative, size, digest, "unchanged")
         self.check_room(size)
         self._ensure_dir(target.parent)
-        self._write_durably(target, chunks)
-        outcome: Literal["created", "replaced"] = "created" if existing_size is None else "replaced"
-        return StoredFile(target, relative, size, digest, outcome)
+        if existing_size is None:
+            self._write_durably(target, chunks)
+            return StoredFile(target, relative, size, digest, "created")
+        previous = self.incoming / f"{target.name}.{uuid.uuid4().hex}.previous"
+        os.link(target, previous)
+        try:
+            self._write_durably(target, chunks)
+        except BaseException:
+            previous.unlink(missing_ok=True)
+            raise
+        return StoredFile(target, relative, size, digest, "replaced", previous)
+
+    def keep(self, stored: StoredFile) -> None:
+        """The database now describes the new file: the replaced version can go."""
+        if stored.previous is not None:
+            stored.previous.unlink(missing_ok=True)
+
+    def undo(self, stored: StoredFile) -> None:
+        """The database could not record the new file: put back what was there, so file and row still agree."""
+        if stored.outcome == "created":
+            stored.path.unlink(missing_ok=True)
+        elif stored.previous is not None:
+            os.replace(stored.previous, stored.path)
+        _fsync_dir(stored.path.parent)
 
     def quarantine(self, chunks: Sequence[Chunk], *, reason: str, details: dict[str, object]) -> Path:
         """Keep bytes we refused, with a small JSON beside them saying who sent them and why, for the operator."""

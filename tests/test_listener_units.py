@@ -62,6 +62,7 @@ def test_store_writes_atomically_and_reports_what_happened(tmp_path: Path) -> No
     created = spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM", memoryview(b"-one")])
     unchanged = spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM-one"])
     replaced = spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM-two"])
+    spool.keep(replaced)
     assert (created.outcome, unchanged.outcome, replaced.outcome) == ("created", "unchanged", "replaced")
     assert created.sha256 == unchanged.sha256 != replaced.sha256
     assert replaced.path.read_bytes() == b"DICM-two"
@@ -124,3 +125,20 @@ def test_a_taken_port_is_reported_with_what_to_do(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="PLVI_PORT"):
             scp.start_listener(settings, engine)
         engine.dispose()
+
+
+def test_undo_puts_back_what_the_database_still_describes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, free_space_reserve_mb=0)
+    spool.prepare()
+    first = spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM-one"])
+    spool.keep(first)
+    replaced = spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM-two"])
+    spool.undo(replaced)
+    assert first.path.read_bytes() == b"DICM-one"
+    created = spool.store("1.2", "1.2.3", "1.2.3.5", [b"DICM-new"])
+    spool.undo(created)
+    assert not created.path.exists()
+    kept = spool.store("1.2", "1.2.3", "1.2.3.4", [b"DICM-three"])
+    spool.keep(kept)
+    assert first.path.read_bytes() == b"DICM-three"
+    assert not list(spool.incoming.iterdir()), "replaced versions are not left behind"
