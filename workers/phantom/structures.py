@@ -426,15 +426,16 @@ def iliac_distances(anatomy: Anatomy, p: Points, side: int) -> tuple[np.ndarray,
 
     In the axial plane the wing runs from the sacroiliac joint forward and outward; its crest is highest at the
     back (near L4-L5)."""
-    sacroiliac = np.array([side * 52.0, 30.0])
-    anterior = np.array([side * 104.0, -36.0])
-    inward = np.array([-side * 0.8, -0.6])  # towards the iliac fossa, anteromedially
-    above_crest = p.s - anatomy.iliac_crest_s + 0.12 * (30.0 - p.v)
+    sacroiliac = np.array([side * 50.0, 28.0])
+    anterior = np.array([side * 96.0, -28.0])
+    inward = np.array([-side * 0.77, -0.63])  # towards the iliac fossa, anteromedially
+    # the crest rises towards the back and the wing widens downwards
+    above_crest = p.s - anatomy.iliac_crest_s + 0.25 * np.abs(p.u - sacroiliac[0]) - 0.1 * (p.v - 28.0)
     below_pelvis = -70.0 - p.s
     extent = np.maximum(above_crest, below_pelvis)
-    bone = _bounded_capsule(p.u, p.v, sacroiliac, anterior, 5.0, extent)
-    iliacus = _bounded_capsule(p.u, p.v, sacroiliac + 12 * inward, anterior + 10 * inward, 9.0, extent + 2.0)
-    gluteus = _bounded_capsule(p.u, p.v, sacroiliac - 16 * inward, anterior - 14 * inward, 12.0, extent - 8.0)
+    bone = _bounded_capsule(p.u, p.v, sacroiliac, anterior, 4.5, extent)
+    iliacus = _bounded_capsule(p.u, p.v, sacroiliac + 14 * inward, anterior + 9 * inward, 7.5, extent + 3.0)
+    gluteus = _bounded_capsule(p.u, p.v, sacroiliac - 14 * inward, anterior - 18 * inward, 13.0, extent)
     return bone, iliacus, gluteus
 
 
@@ -623,7 +624,7 @@ def _bone_layers(anatomy: Anatomy, t: SpineTables, p: Points, signals: Signals |
         d_body, index = vertebral_body_distance(anatomy, t, q)
         signal = None
         if paint:
-            signal = _bone_signal(d_body, signals, 1.0) * (1.0 + 0.07 * texture(q, anatomy, scale=5.0))
+            signal = _bone_signal(d_body, signals, 1.0) * (1.0 + 0.05 * texture(q, anatomy, scale=4.0))
             cement = t.cement[index] & (d_body < -4.0) & (texture(q, anatomy, scale=3.0) > -0.3)
             edema = t.edema[index] & (q.s > t.s_top[index] - 10.0) & (d_body < -1.0)
             signal = np.where(edema, signals["edema"], signal)

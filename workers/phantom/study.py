@@ -672,8 +672,8 @@ def _acquire(
     change = np.mean(low, axis=0) - centre_low
     image = image + _upsample(change, shape, SLAB_REDUCTION)
     phase_axis = 1 if phase_direction == "ROW" else 0
-    heterogeneity = texture(planes[1 + samples // 2], anatomy, scale=2.0).reshape(coarse.rows, coarse.columns)
-    image = tissue_heterogeneity(image, _upsample(heterogeneity, shape, SLAB_REDUCTION), 0.05)
+    heterogeneity = texture(planes[1 + samples // 2], anatomy, scale=1.2).reshape(coarse.rows, coarse.columns)
+    image = tissue_heterogeneity(image, _upsample(heterogeneity, shape, SLAB_REDUCTION), 0.03)
     image = limited_resolution(image, phase_axis, draws.phase_resolution)
     image = image * _smooth_on_plane(bias.at, plane)
     image = ghosts(image, draws.ghost_amplitude, phase_axis, rng)
