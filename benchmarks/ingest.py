@@ -344,6 +344,10 @@ def report(runs: list[Run], footprint: Footprint, context: str) -> str:
         lines.append(f"| {senders} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
     lines += [
         "",
+        "Durability differs: storescp writes without flushing; Orthanc (SyncStorageArea) flushes each file but not "
+        "its index per instance (strace: about 1 fdatasync per instance); plvi flushes the file, its folder and "
+        "the database row before it answers success.",
+        "",
         f"plvi memory while receiving {footprint.instances} instances from {footprint.senders} parallel senders: "
         f"`plvi serve` itself (listener and scheduler) peaked at {footprint.peak_main_kib / 1024:.0f} MiB (VmHWM); "
         f"its whole process tree, worker processes included, at {footprint.peak_tree_kib / 1024:.0f} MiB "
