@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from plvi.models import Analysis, OutboxMessage, Study
 from plvi.settings import Settings
 from reports.export import run_export
 from reports.hl7 import sync_worklist_flags
-from reports.web import create_app
+from reports.web import start_api
 from reports.web.api import api_router
 from reports.web.auth import create_user
 from reports.web.keyimage import OUTLINE_COLOURS
@@ -47,7 +48,7 @@ def engine(api_settings: Settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def base_url(api_settings: Settings, engine) -> str:  # type: ignore[no-untyped-def]
-    with serve_http(create_app(api_settings, engine), free_port()) as url:
+    with serve_http(api_settings, engine) as url:
         yield url
 
 
@@ -233,7 +234,7 @@ def test_metrics_count_from_the_database_and_health_reports_the_database(base_ur
 
 def test_health_fails_when_the_database_is_unreachable(api_settings):
     dead = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
-    with serve_http(create_app(api_settings, dead), free_port()) as url:
+    with serve_http(api_settings, dead) as url:
         response = httpx.get(f"{url}/health", timeout=30)
     assert response.status_code == 503 and response.json()["checks"]["database"].startswith("failing")
 
@@ -270,7 +271,7 @@ def test_a_phantom_study_analysed_by_the_real_pipeline_is_shown_exported_and_fla
     engine = make_engine(settings.effective_database_url)
     create_user(engine, USER, PASSWORD)
     phantom = seed_phantom_study(settings, engine, seed=12, target_plvi=0.5)
-    with serve_http(create_app(settings, engine), free_port()) as url, \
+    with serve_http(settings, engine) as url, \
             httpx.Client(base_url=url, auth=(USER, PASSWORD), timeout=60) as client:
         detail = client.get(f"/api/studies/{phantom.study_uid}")
         assert detail.status_code == 200
@@ -288,3 +289,11 @@ def test_a_phantom_study_analysed_by_the_real_pipeline_is_shown_exported_and_fla
     hl7_settings = settings.model_copy(update={"hl7_host": "127.0.0.1"})
     assert sync_worklist_flags(hl7_settings, engine) == 1
     engine.dispose()
+
+
+def test_the_http_server_says_so_when_its_port_is_taken(api_settings, engine):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(RuntimeError, match="PLVI_HTTP_PORT"):
+            start_api(api_settings, engine, host="127.0.0.1", port=taken.getsockname()[1])

@@ -18,9 +18,7 @@ from sqlmodel import select
 from plvi.db import make_engine, session_scope, upgrade_database
 from plvi.models import AuditEvent, Review
 from plvi.settings import Settings
-from reports.web import create_app
 from reports.web.auth import create_user
-from tests.conftest import free_port
 from tests.http_server import serve_http
 from tests.seed_results import seed_cohort
 
@@ -53,7 +51,7 @@ def test_reader_logs_in_opens_the_flagged_study_sees_the_key_image_and_confirms(
     flagged = {s.study_uid: s for s in studies if s.plvi is not None and s.plvi < settings.cutoff}
     wait = WebDriverWait(browser, 30)
 
-    with serve_http(create_app(settings, engine), free_port()) as base_url:
+    with serve_http(settings, engine) as base_url:
         browser.get(f"{base_url}/")
         wait.until(expected_conditions.presence_of_element_located((By.ID, "username")))
         assert "/login" in browser.current_url

@@ -177,7 +177,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
 
 def run_api(settings: Settings) -> None:
-    """`plvi api`: the API and dashboard as their own process on PLVI_HTTP_HOST:PLVI_HTTP_PORT."""
+    """`plvi api`: the API and dashboard as their own process on PLVI_HTTP_HOST:PLVI_HTTP_PORT, until SIGTERM."""
     import uvicorn
 
     upgrade_database(settings.effective_database_url)
@@ -185,3 +185,4 @@ def run_api(settings: Settings) -> None:
     log.info(kv("http_listening", host=settings.http_host, port=settings.http_port))
     uvicorn.run(create_app(settings, engine), host=settings.http_host, port=settings.http_port,
                 log_level="warning", access_log=False)
+    engine.dispose()
