@@ -1,4 +1,5 @@
-"""Run every benchmark module with its defaults, one after the other; a failing one does not stop the others."""
+"""Run every benchmark module with its defaults, one after the other (or only those named:
+`python -m benchmarks ingest`); a failing one does not stop the others."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import traceback
 import benchmarks
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
+    available = [info.name for info in pkgutil.iter_modules(benchmarks.__path__) if not info.name.startswith("_")]
+    unknown = set(names) - set(available)
+    if unknown:
+        print(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(available)}", file=sys.stderr)
+        return 2
     failed = []
-    for module_info in pkgutil.iter_modules(benchmarks.__path__):
-        if module_info.name.startswith("_"):
-            continue
-        name = f"benchmarks.{module_info.name}"
-        module = importlib.import_module(name)
+    for name in names or available:
+        module = importlib.import_module(f"benchmarks.{name}")
         if not hasattr(module, "main"):
             continue
-        print(f"\n## {name}\n", flush=True)
-        sys.argv = [name]  # each module parses its own options; here it runs with its defaults
+        print(f"\n## benchmarks.{name}\n", flush=True)
+        sys.argv = [f"benchmarks.{name}"]  # each module parses its own options; here it runs with its defaults
         try:
             status = module.main()
         except Exception:
@@ -34,4 +37,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
