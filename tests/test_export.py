@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +97,8 @@ def test_summary_and_plots_describe_the_cohort(export_settings, engine, tmp_path
     assert summary["plvi"]["median"] == pytest.approx(pd.Series(measured).median(), abs=1e-4)
     assert summary["n_flagged"] == sum(p < export_settings.cutoff for p in measured) > 0
     assert set(summary["plvi_by_sex"]) == {"F", "M"}
+    bands = list(summary["plvi_by_age_band"])
+    assert bands == sorted(bands, key=["<50", "50-59", "60-69", "70-79", "80-89", "90+"].index)
     assert summary["cutoffs"] == [export_settings.cutoff]
     assert "PLVI: n=" in result.files["summary_md"].read_text()
     for name in ("histogram", "against_age"):
@@ -146,6 +149,12 @@ def test_outcome_comparison_uses_median_split_fisher_and_rank_sum(export_setting
     assert comparison.loc["refracture", "p_value"] < 0.01
     assert comparison.loc["pain_vas_6m", "p_value"] < 0.01
     assert comparison.loc["refracture", "median_plvi_split"] == pytest.approx(median, abs=1e-6)
+    assert comparison.loc["refracture", "high_group"].startswith("0/")  # an empty cell: odds ratio infinite
+    assert pd.isna(comparison.loc["refracture", "statistic"])
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"summary.json holds {constant}, which strict JSON readers refuse")
+
+    json.loads(result.files["summary_json"].read_text(), parse_constant=refuse)
     assert "Outcomes by median PLVI split" in result.files["summary_md"].read_text()
 
 

@@ -13,6 +13,7 @@ from datetime import date
 
 # HIPAA Safe Harbor (45 CFR 164.514(b)(2)(i)(C)): ages over 89 are aggregated into one category.
 OLDEST_REPORTED_AGE = 90
+AGE_BANDS = ("<50", "50-59", "60-69", "70-79", "80-89", "90+", "unknown")
 
 
 def pseudonym(identifier: str, key: str, *, prefix: str = "P") -> str:

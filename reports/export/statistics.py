@@ -8,6 +8,8 @@ import math
 import pandas as pd
 from scipy import stats
 
+from reports.export.pseudonym import AGE_BANDS
+
 
 def _describe(plvi: pd.Series) -> dict[str, object]:
     values = plvi.dropna().astype(float)
@@ -37,7 +39,9 @@ def summarise(cohort: pd.DataFrame) -> dict[str, object]:
         "plvi": _describe(measured["plvi"]),
         "plvi_by_sex": {str(sex): _describe(group["plvi"]) for sex, group in measured.groupby("sex", sort=True)},
         "plvi_by_age_band": {
-            str(band): _describe(group["plvi"]) for band, group in measured.groupby("age_band", sort=True)
+            band: _describe(measured.loc[measured["age_band"] == band, "plvi"])
+            for band in AGE_BANDS
+            if (measured["age_band"] == band).any()
         },
     }
 
@@ -51,7 +55,8 @@ def _is_categorical(values: pd.Series) -> bool:
 
 
 def _finite(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else round(float(value), 6)
+    """A number JSON can carry: NaN and infinity (an odds ratio with an empty cell) become None."""
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
 
 
 def compare_outcomes(cohort: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
@@ -88,8 +93,8 @@ def _fisher(values: pd.Series, low: pd.Series) -> dict[str, object]:
     return {
         "test": "fisher_exact",
         "categories": "/".join(categories),
-        "low_group": f"{int(low_row[positive])}/{int(low_row.sum())} {positive}",
-        "high_group": f"{int(high_row[positive])}/{int(high_row.sum())} {positive}",
+        "low_group": f"{int(low_row[positive])}/{int(low_row.sum())} with {values.name}={positive}",
+        "high_group": f"{int(high_row[positive])}/{int(high_row.sum())} with {values.name}={positive}",
         "statistic": _finite(float(result.statistic)),
         "p_value": _finite(float(result.pvalue)),
     }
