@@ -213,7 +213,7 @@ def test_every_axial_slice_has_truth_and_l4_appears_only_around_the_endplate(def
         assert s.psoas_left_mm2 >= 0 and s.psoas_right_mm2 >= 0
         if s.vertebra_mm2 > 0:
             assert -truth.l4_body_height_mm - 8 < s.distance_to_endplate_mm < 8
-        else:
+        if s.vertebra_mm2 < 200:
             assert s.plvi is None
 
 

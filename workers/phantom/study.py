@@ -60,6 +60,7 @@ REFERENCE_RULE = (
     "same stack that are in the window"
 )
 TRUTH_STRUCTURES = ("psoas_left", "psoas_right", "vertebra")
+MIN_VERTEBRA_SECTION_MM2 = 200.0  # below this a slice only grazes L4: its PLVI is not stated (None)
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
                         psoas_right_mm2=areas["psoas_right"],
                         vertebra_mm2=areas["vertebra"],
                         plvi=(areas["psoas_left"] + areas["psoas_right"]) / areas["vertebra"]
-                        if areas["vertebra"] > 0
+                        if areas["vertebra"] >= MIN_VERTEBRA_SECTION_MM2
                         else None,
                         distance_to_endplate_mm=_distance_to_endplate(anatomy, plane),
                         slab_top_to_endplate_mm=_slab_top_to_endplate(anatomy, plane),
@@ -454,7 +455,7 @@ def _series_planes(
         ]
         return planes, Sequence("T1", 1200.0, 20.0, 1), 1
     if role.startswith("sagittal"):
-        centre = anatomy.point(l3.s_middle, 0.0, 18.0)
+        centre = anatomy.point(anatomy.vertebra("L4").s_middle, 0.0, 18.0)  # T11 to S3, as protocols frame it
         normal = -(0.7 * left + 0.3 * np.array([1.0, 0, 0]))
         count = options.sagittal_slices
         spacing = options.sagittal_thickness_mm * rng.uniform(1.0, 1.2)
