@@ -97,6 +97,8 @@ class Anatomy:
     marrow_fat: float  # fatty marrow brightens the vertebrae on T1 and T2 TSE with age
     iliac_crest_s: float  # arc length of the top of the iliac crests (usually level with L4-L5)
     retroperitoneal_fat_mm: float  # fat between the spine and the bowel; thin patients have bowel against the psoas
+    modic_type: int  # 0 none; 1 (oedema) or 2 (fat) marrow change along the endplates of degenerated discs
+    sacral_remnant: float  # conspicuity 0..1 of the rudimentary S1-S2 disc, a trap for counting from the sacrum
 
     def vertebra(self, name: str) -> Vertebra:
         for vertebra in self.vertebrae:
@@ -319,6 +321,8 @@ def sample_anatomy(
         marrow_fat=float(rng.uniform(0.3, 0.7)),
         iliac_crest_s=float(l4.s_bottom + rng.uniform(-12.0, 6.0)),
         retroperitoneal_fat_mm=float(rng.uniform(0.0, 15.0) if hard else rng.uniform(8.0, 30.0)),
+        modic_type=int(rng.choice([1, 2])) if rng.random() < (0.35 if hard else 0.1) else 0,
+        sacral_remnant=float(rng.uniform(0.3, 1.0)) if rng.random() < 0.7 else 0.0,
     )
 
 

@@ -629,6 +629,11 @@ def _bone_layers(anatomy: Anatomy, t: SpineTables, p: Points, signals: Signals |
             edema = t.edema[index] & (q.s > t.s_top[index] - 10.0) & (d_body < -1.0)
             signal = np.where(edema, signals["edema"], signal)
             signal = np.where(cement, signals["cement"], signal)
+            if anatomy.modic_type:
+                signal = _modic(anatomy, t, q, index, signal, signals)
+            if anatomy.sacral_remnant > 0:
+                remnant = (index == 0) & (np.abs(q.s - t.s_bottom[0]) < 1.2)
+                signal = np.where(remnant, signal + (signals["annulus"] - signal) * anatomy.sacral_remnant, signal)
         out.append(Layer("vertebral_bodies", region.index, d_body, signal))
         out.append(Layer("vertebral_body_index", region.index, index, None))
         d_disc, below, radial = disc_distance(anatomy, t, q)
@@ -638,6 +643,18 @@ def _bone_layers(anatomy: Anatomy, t: SpineTables, p: Points, signals: Signals |
             signal = signals["annulus"] + (signals["nucleus"] - signals["annulus"]) * nucleus
         out.append(Layer("discs", region.index, d_disc, signal))
     return out
+
+
+def _modic(
+    anatomy: Anatomy, t: SpineTables, q: Points, index: np.ndarray, signal: np.ndarray, signals: Signals
+) -> np.ndarray:
+    """Modic change: a band of oedema (type 1) or fat (type 2) in the marrow along the endplates of a degenerated
+    disc, bright on T2, with a ragged edge."""
+    above = t.degeneration[np.minimum(index, len(t.degeneration) - 1)] > 0.7
+    below = (index > 0) & (t.degeneration[np.maximum(index - 1, 0)] > 0.7)
+    depth = 4.0 + 2.5 * texture(q, anatomy, scale=3.5)
+    band = (above & (q.s > t.s_top[index] - depth)) | (below & (q.s < t.s_bottom[index] + depth))
+    return np.where(band, signals["edema" if anatomy.modic_type == 1 else "fat"], signal)
 
 
 def _bone_signal(distance: np.ndarray, signals: Signals | None, cortex_mm: float) -> np.ndarray | None:
