@@ -125,7 +125,10 @@ def write_export(
     if outcomes is not None:
         comparison = compare_outcomes(cohort, outcomes)
         comparison.to_csv(files["outcomes"], index=False)
-        summary["outcome_comparison"] = comparison.to_dict(orient="records")
+        # None, not NaN, where a test gave no number: summary.json stays strict JSON
+        summary["outcome_comparison"] = comparison.astype(object).where(comparison.notna(), None).to_dict(
+            orient="records"
+        )
     else:
         del files["outcomes"]
     files["summary_json"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
