@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
-from skimage.morphology import disk, h_maxima
+from skimage.morphology import convex_hull_image, disk, h_maxima
 from skimage.segmentation import watershed
 
-from workers.analysis.evidence import ellipse_fit, open_by_disk
+from workers.analysis.evidence import band, ellipse_fit, open_by_disk, ramp
 
 PRIOR_OFFSET_MM = 17
 """Expected psoas centre at L4: this far lateral to the body's edge (half an adult psoas width)."""
@@ -33,12 +33,17 @@ STRICT_LEVEL = 0.15
 EDGE_SEARCH_MM = 3
 """How far beyond the clear core the half-way edge is looked for (the width of a blurred edge)."""
 
+SOLIDITY_RAMP = (0.84, 0.9)
+ELLIPSE_FIT_RAMP = (0.86, 0.91)
+
 ZONE_ANTERIOR_MM = 8
 ZONE_POSTERIOR_MM = 5
 
 MARGIN = 8
 
 FAT_POCKET_MM2 = 200
+
+FAT_BAY_SHARE = 0.3
 """Enclosed bright pockets up to this size inside dark muscle are intramuscular fat and count as muscle."""
 
 
@@ -111,6 +116,7 @@ def _find_one(smooth: np.ndarray, body: np.ndarray, vertebra: np.ndarray, side: 
     # millimetres out from the core at most; it is not allowed to run on into intermediate tissue.
     muscle = ndi.binary_dilation(core, disk(1), iterations=EDGE_SEARCH_MM, mask=muscle_like & (smooth < half_way))
     muscle = _fill_fat_pockets(ndi.binary_closing(muscle, disk(3)) & muscle_like, muscle_like) | core
+    muscle = _fill_fatty_bays(muscle, smooth >= half_way, ndi.binary_dilation(vertebra, disk(3)))
     muscle &= ~vertebra
     confidence, evidence = _evidence(muscle, smooth, vertebra, muscle_level, fat_level)
     empty[window] = muscle
@@ -169,12 +175,37 @@ def _fill_fat_pockets(mask: np.ndarray, fatty: np.ndarray) -> np.ndarray:
     return mask | pocket[holes]
 
 
+def _fill_fatty_bays(muscle: np.ndarray, fatty: np.ndarray, keep_out: np.ndarray) -> np.ndarray:
+    """Add fat-filled bays of the outline: intramuscular fat that reaches the surface of a fatty psoas.
+
+    The psoas is convex, so fat inside its convex hull is taken as intramuscular, as a hand outline following
+    the fascia would; bays beside the vertebral body (``keep_out``) and bays larger than ``FAT_BAY_SHARE`` of
+    the muscle are left out (there the concavity is anatomy, or the muscle found is only a fragment).
+    """
+    rows, columns = np.nonzero(muscle)
+    if rows.size < 20:
+        return muscle
+    box = (slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1))
+    bays = convex_hull_image(muscle[box]) & ~muscle[box] & fatty[box] & ~keep_out[box]
+    labels, count = ndi.label(bays)
+    if count == 0:
+        return muscle
+    sizes = np.bincount(labels.ravel())
+    accepted = sizes <= FAT_BAY_SHARE * rows.size
+    accepted[0] = False
+    filled = muscle.copy()
+    filled[box] |= accepted[labels]
+    return filled
+
+
 def _evidence(muscle: np.ndarray, smooth: np.ndarray, vertebra: np.ndarray, muscle_level: float,
               fat_level: float) -> tuple[float, dict[str, float]]:
     """Confidence 0..1 from area, shape, contrast, and how much of the outline follows a real edge.
 
     ``edge_support`` is the share of the outline (beside the vertebra excepted) where the tissue 2 mm outside is
-    brighter than half-way to fat; where the outline was cut through continuous dark tissue it is not.
+    brighter than half-way to fat; where the outline was cut through continuous dark tissue it is not. A psoas at
+    L4 is a convex oval (solidity about 0.9-0.97, close to its moment ellipse); a mask that took in a vessel or
+    lost a fatty part is lobed or bitten.
     """
     region = regionprops(muscle.astype(np.uint8))[0]
     span = max(fat_level - muscle_level, 1e-6)
@@ -182,11 +213,15 @@ def _evidence(muscle: np.ndarray, smooth: np.ndarray, vertebra: np.ndarray, musc
     outside &= ~ndi.binary_dilation(vertebra, disk(3))
     edge_support = float(np.mean(smooth[outside] > muscle_level + 0.5 * span)) if outside.any() else 0.0
     contrast = span / max(fat_level, 1e-6)
-    plausible_area = float(np.clip(min((region.area - 150) / 150, (4500 - region.area) / 1000), 0.0, 1.0))
-    solidity_term = float(np.clip((region.solidity - 0.75) / 0.15, 0.0, 1.0))
-    contrast_term = float(np.clip(contrast / 0.4, 0.0, 1.0))
-    support_term = float(np.clip((edge_support - 0.4) / 0.4, 0.0, 1.0))
-    confidence = plausible_area * solidity_term * contrast_term * support_term
+    fit = ellipse_fit(muscle)
+    terms = {
+        "area_term": band(float(region.area), 150.0, 300.0, 3500.0, 4500.0),
+        "solidity_term": ramp(float(region.solidity), *SOLIDITY_RAMP),
+        "ellipse_term": ramp(fit, *ELLIPSE_FIT_RAMP),
+        "contrast_term": ramp(contrast, 0.0, 0.4),
+        "support_term": ramp(edge_support, 0.4, 0.8),
+    }
+    confidence = float(np.prod(list(terms.values())))
     return confidence, {
         "found": 1.0,
         "area_mm2": float(region.area),
@@ -194,6 +229,7 @@ def _evidence(muscle: np.ndarray, smooth: np.ndarray, vertebra: np.ndarray, musc
         "eccentricity": float(region.eccentricity),
         "contrast": float(contrast),
         "edge_support": edge_support,
-        "ellipse_fit": ellipse_fit(muscle),
-        "confidence": float(confidence),
+        "ellipse_fit": fit,
+        **terms,
+        "confidence": confidence,
     }

@@ -30,8 +30,9 @@ class QualityLimits:
     vertebra_mm2: the L4 body is about 1200-2200 mm2 in adults (smaller in small women, larger in tall men);
         800-3000 mm2 leaves room for both while catching a body cut by the pedicle cut or leaking into the disc.
     plvi: the published cohort spreads roughly 0.3-1.5; outside 0.2-2.5 the ratio itself says something failed.
-    min_psoas_ratio: smaller/larger psoas; the two sides rarely differ by more than a third, and a larger
-        difference (atrophy after hip disease, a psoas abscess, or a mask that lost half a muscle) needs a human.
+    min_psoas_ratio: smaller/larger psoas; in health the sides differ by about 5-10 % (rarely 20 %), so a
+        ratio below 0.75 is either one-sided atrophy (old hip disease, radiculopathy, an abscess) or a mask that
+        lost part of a muscle (a fatty cleft): either way a human should look.
     min_solidity: psoas and body are convex-ish (solidity about 0.9-0.97); a ragged mask leaked somewhere.
     max_eccentricity: a psoas at L4 is oval, rarely longer than about 2.5 times its width (eccentricity 0.92);
         the body is wider than deep (about 0.7); a thin strip is a vessel, a cleft or a leak.
@@ -44,7 +45,7 @@ class QualityLimits:
     psoas_mm2: tuple[float, float] = (200.0, 3500.0)
     vertebra_mm2: tuple[float, float] = (800.0, 3000.0)
     plvi: tuple[float, float] = (0.2, 2.5)
-    min_psoas_ratio: float = 0.6
+    min_psoas_ratio: float = 0.75
     min_solidity: float = 0.85
     max_eccentricity: float = 0.95
     max_slice_to_endplate_mm: float = 10.0

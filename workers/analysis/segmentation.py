@@ -21,6 +21,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
 
+from workers.analysis.evidence import ramp
 from workers.analysis.psoas import find_psoas
 from workers.analysis.vertebra import find_vertebral_body
 
@@ -145,7 +146,10 @@ def segment_slice(
 
     evidence = {"vertebra_found": 1.0, **vertebra.evidence, **psoas_right.evidence_for("right"),
                 **psoas_left.evidence_for("left")}
-    confidence = float(np.clip(min(vertebra.confidence, psoas_right.confidence, psoas_left.confidence), 0.0, 1.0))
+    consistency = _consistency(vertebra.mask, psoas_right.mask, psoas_left.mask)
+    evidence.update(consistency)
+    confidence = min(vertebra.confidence, psoas_right.confidence, psoas_left.confidence)
+    confidence = float(np.clip(confidence * consistency["consistency"], 0.0, 1.0))
     evidence["confidence"] = confidence
 
     def to_input_grid(mask: np.ndarray) -> np.ndarray:
@@ -163,6 +167,25 @@ def segment_slice(
         confidence=confidence,
         evidence=evidence,
     )
+
+
+def _consistency(vertebra: np.ndarray, psoas_right: np.ndarray, psoas_left: np.ndarray) -> dict[str, float]:
+    """Whether the three outlines fit together as at L4 (canonical view, 1 mm grid), 0..1.
+
+    At L4 both psoas straddle the body's front-to-back centre, and an adult L4 body is 30-40 mm deep. A body
+    whose centre lies well behind the psoas centres, or that is shallow, has most likely lost a band in front or
+    behind (a slice grazing the endplate), which would inflate PLVI.
+    """
+    if not (psoas_right.any() and psoas_left.any()):
+        return {"consistency": 0.0}
+    vertebra_rows = np.nonzero(vertebra)[0]
+    psoas_centre = 0.5 * (np.nonzero(psoas_right)[0].mean() + np.nonzero(psoas_left)[0].mean())
+    # Rows grow towards the back: a positive offset means the body lies behind the psoas.
+    offset = float(vertebra_rows.mean() - psoas_centre)
+    depth = float(vertebra_rows.max() - vertebra_rows.min() + 1)
+    terms = {"vertebra_behind_psoas_mm": offset, "vertebra_depth_mm": depth,
+             "centred_term": ramp(offset, 7.0, 3.5), "depth_term": ramp(depth, 24.0, 29.0)}
+    return {**terms, "consistency": terms["centred_term"] * terms["depth_term"]}
 
 
 def correct_bias(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

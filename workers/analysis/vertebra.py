@@ -34,6 +34,10 @@ marrow that is uneven (fat islands, partial volume with the endplate)."""
 
 REFINED_CANDIDATES = 5
 
+MARROW_SPREADS = 4.0
+"""An edge of the body differs from marrow by more than four robust deviations of the marrow signal (noise and
+patchy red and fatty marrow), and by at least a tenth of the muscle-to-fat range."""
+
 ELLIPSE_FIT_RAMP = (0.85, 0.93)
 """A lumbar body is close to an ellipse in cross-section (0.93-0.98 overlap with its moment ellipse)."""
 EDGE_CONTRAST_RAMP = (0.05, 0.2)
@@ -134,9 +138,9 @@ def _refine_outline(core: np.ndarray, smooth: np.ndarray, trunk: np.ndarray, sig
     interior = ndi.binary_erosion(core, disk(3))
     values = smooth[interior] if interior.sum() > 50 else smooth[core]
     marrow = float(np.median(values))
-    noise = 1.4826 * float(np.median(np.abs(values - marrow)))
+    spread = 1.4826 * float(np.median(np.abs(values - marrow)))
     mask, outline = refine_star_outline(
-        smooth, core, inside_level=marrow, minimum_step=max(4.0 * noise, 0.1 * signal_range),
+        smooth, core, inside_level=marrow, minimum_step=max(MARROW_SPREADS * spread, 0.1 * signal_range),
         max_shift_mm=EDGE_SEARCH_MM, dark_shell_mm=CORTEX_MM, bright_level=bright_level,
         band_mm=ENDPLATE_BAND_MM, band_directions=(np.pi / 2, -np.pi / 2),
     )
