@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,11 @@ def test_same_seed_same_bytes_other_seed_other_study(tmp_path: Path) -> None:
         assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
     assert first.to_json() == second.to_json()
     assert other.study_instance_uid != first.study_instance_uid
+    with_localizer = generate_study(5, tmp_path / "d", replace(options, localizer=True))
+    assert [s.psoas_left_mm2 for s in with_localizer.slices] == [s.psoas_left_mm2 for s in first.slices]
+    for mine, theirs in zip(first.slices, with_localizer.slices, strict=True):
+        same = pydicom.dcmread(tmp_path / "a" / mine.path).pixel_array
+        assert np.array_equal(same, pydicom.dcmread(tmp_path / "d" / theirs.path).pixel_array), "streams are independent"
 
 
 def test_per_disc_stacks_are_one_series_angled_along_each_disc(per_disc_study) -> None:

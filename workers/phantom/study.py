@@ -60,6 +60,7 @@ REFERENCE_RULE = (
     "same stack that are in the window"
 )
 TRUTH_STRUCTURES = ("psoas_left", "psoas_right", "vertebra")
+ROLES = ("localizer", "sagittal_t2", "sagittal_t1", "axial_t2")
 MIN_VERTEBRA_SECTION_MM2 = 200.0  # below this a slice only grazes L4: its PLVI is not stated (None)
 
 
@@ -187,7 +188,9 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
     """Write one phantom study (DICOM files in series folders, truth.json, truth_masks.npz) under out_dir."""
     options = options or PhantomOptions()
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(seed)
+    # independent random streams: what one part draws does not shift another (adding a localizer, say, leaves the
+    # anatomy and the axial series as they were)
+    rng = np.random.default_rng([seed, 0])  # the patient
     lumbar_count = options.lumbar_vertebrae or _draw_lumbar_count(rng, options.hard)
     if lumbar_count not in (4, 5, 6):
         raise ValueError(f"lumbar_vertebrae must be 4, 5 or 6, not {lumbar_count}")
@@ -203,9 +206,10 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         fat_fraction=fat_fraction,
     )
     anatomy = _calibrate_psoas(anatomy, target_plvi)
-    draws = _draw_acquisition(rng, options, anatomy)
+    draws = _draw_acquisition(np.random.default_rng([seed, 1]), options, anatomy)
     identity = (seed, repr(options))
-    study = _study_header(rng, seed, identity)
+    header_rng = np.random.default_rng([seed, 2])
+    study = _study_header(header_rng, seed, identity)
     bias = _bias_field(anatomy, draws)
 
     series_truth: list[SeriesTruth] = []
@@ -220,15 +224,20 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         roles.append("axial_t2")
     numbers = list(range(1, len(roles) + 1))
     if options.hard:
-        numbers = [n * 100 + i for i, n in enumerate(numbers)] if rng.random() < 0.3 else numbers
+        numbers = [n * 100 + i for i, n in enumerate(numbers)] if header_rng.random() < 0.3 else numbers
     for role, number in zip(roles, numbers, strict=True):
+        role_index = ROLES.index(role)
+        rng = np.random.default_rng([seed, 10 + role_index])  # this series' protocol
+        noise_rng = np.random.default_rng([seed, 20 + role_index])
         planes, sequence, nsub = _series_planes(anatomy, options, draws, role, rng)
         header = _series_header(role, number, sequence, planes, draws, identity, rng)
         signals = tissue_signals(sequence, anatomy.marrow_fat)
         order = list(range(len(planes)))
         for instance, index in enumerate(order, start=1):
             plane = planes[index]
-            image, centre_layers = _acquire(anatomy, plane, signals, nsub, bias, draws, header.phase_direction, rng)
+            image, centre_layers = _acquire(
+                anatomy, plane, signals, nsub, bias, draws, header.phase_direction, noise_rng
+            )
             pixels = np.clip(np.rint(image * draws.scale), 0, 65535).astype(np.uint16)
             sop_uid = dicom.phantom_uid(*identity, role, "instance", instance)
             path = out_dir / f"series-{number:03d}-{role}" / f"IM-{instance:04d}.dcm"
