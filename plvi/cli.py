@@ -92,6 +92,15 @@ def user_add(
     raise typer.Exit(user_add_command(load_settings(), username, password, full_name))
 
 
+@app.command()
+def beat() -> None:
+    """Celery beat: starts the nightly cohort export at PLVI_EXPORT_CRON on the workers. Run exactly one."""
+    from workers.celery_app import make_celery
+
+    configure_logging()
+    make_celery(load_settings()).start(["beat", "--loglevel=INFO"])
+
+
 @app.command("db-upgrade")
 def db_upgrade() -> None:
     """Create or migrate the database schema (every service also does this at start)."""

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from plvi.db import make_engine, session_scope, upgrade_database
 from plvi.models import Analysis, OutboxMessage, Study
 from plvi.settings import Settings
-from reports.export import run_export
+from reports.export.run import run_export
 from reports.hl7 import sync_worklist_flags
 from reports.web import start_api
 from reports.web.api import api_router

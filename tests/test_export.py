@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from sqlmodel import select
 from plvi.db import make_engine, session_scope
 from plvi.models import AuditEvent, ExportRun
 from plvi.settings import Settings
-from reports.export import pseudonym, run_export
 from reports.export.cohort import COLUMN_NAMES
-from reports.export.pseudonym import age_band, age_in_years, year_of
+from reports.export.pseudonym import age_band, age_in_years, pseudonym, year_of
+from reports.export.run import run_export
+from reports.export.schedule import TASK_NAME
 from reports.export.statistics import compare_outcomes
 from tests.seed_results import seed_cohort, seed_study
 
@@ -208,3 +210,26 @@ def test_nightly_export_is_a_celery_beat_entry_at_the_configured_time(export_set
     assert app.tasks[TASK_NAME].apply().get() == 2
     assert app.tasks[TASK_NAME].apply().get() == 0  # nothing new since the last export
     assert len(list(nightly.effective_export_dir.glob("cohort-*/cohort.parquet"))) >= 1
+
+
+def test_a_real_worker_runs_the_nightly_export_task_from_the_queue(export_settings, engine):
+    from workers.celery_app import make_celery
+
+    seed_cohort(export_settings, engine, 2)
+    make_celery(export_settings).send_task(TASK_NAME)
+    env = {**os.environ, "PLVI_DATA_DIR": str(export_settings.data_dir),
+           "PLVI_DATABASE_URL": export_settings.effective_database_url, "PLVI_EXPORT_KEY": KEY}
+    worker = subprocess.Popen([PLVI, "worker", "--concurrency", "1"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        runs: list[ExportRun] = []
+        while time.monotonic() < deadline and not runs:
+            with session_scope(engine) as session:
+                runs = list(session.exec(select(ExportRun).where(ExportRun.state == "done")).all())
+            time.sleep(0.5)
+    finally:
+        worker.terminate()
+        _, stderr = worker.communicate(timeout=60)
+    assert [run.rows for run in runs] == [2], stderr[-3000:]
+    assert (Path(runs[0].out_dir) / "cohort.parquet").is_file()

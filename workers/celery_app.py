@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from plvi.db import make_engine
 from plvi.logs import configure_logging
 from plvi.settings import Settings, load_settings
+from reports.export.schedule import install_nightly_export
 
 QUEUE_NAME = "plvi"
 # Redis hides a delivered, unacknowledged message for this long before handing it to another worker; it must
@@ -68,6 +69,7 @@ def make_celery(settings: Settings) -> PlviCelery:
     )
     if settings.broker_is_embedded:
         prepare_embedded_broker(app)
+    install_nightly_export(app, settings)  # the cohort export task and its beat entry (PLVI_EXPORT_CRON)
     return app
 
 

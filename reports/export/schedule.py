@@ -8,7 +8,6 @@ from celery import Celery, Task
 from celery.schedules import crontab
 
 from plvi.settings import Settings
-from reports.export.run import nightly_export
 
 TASK_NAME = "plvi.cohort_export"
 BEAT_ENTRY = "nightly-cohort-export"
@@ -28,8 +27,12 @@ def install_nightly_export(app: Celery, settings: Settings) -> None:
     # shared=False: the task belongs to this app only, never to other apps created in the same process.
     @app.task(name=TASK_NAME, acks_late=True, bind=True, shared=False)
     def cohort_export(task: Task) -> int:
+        from reports.export.run import nightly_export  # pandas and matplotlib only where the export runs
+
         return nightly_export(task.app.plvi_settings, task.app.plvi_engine)  # type: ignore[attr-defined]
 
     schedule: dict[str, Any] = dict(app.conf.beat_schedule or {})
     schedule[BEAT_ENTRY] = {"task": TASK_NAME, "schedule": export_crontab(settings.export_cron)}
     app.conf.beat_schedule = schedule
+    # beat remembers when it last ran each entry; keep that with the service's data, not in the working folder
+    app.conf.beat_schedule_filename = str(settings.data_dir / "celerybeat-schedule")
