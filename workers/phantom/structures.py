@@ -577,8 +577,10 @@ def layers(
             signal = None
             if paint:
                 profile = anatomy.psoas_left if side > 0 else anatomy.psoas_right
-                fat = texture(q, anatomy, stretch_s=5.0, scale=2.2) - _threshold(profile.fat_fraction)
-                signal = mix("muscle", "fat", np.clip(fat * 2.0, 0.0, 1.0))
+                # intramuscular fat: streaks along the fibres, inside a rim of muscle that keeps the outline visible
+                fat = texture(q, anatomy, stretch_s=5.0, scale=3.2) - _threshold(profile.fat_fraction)
+                rim = np.clip((-d - 2.0) / 2.0, 0.0, 1.0)
+                signal = mix("muscle", "fat", np.clip(fat * 2.0, 0.0, 1.0) * rim)
             out.append(Layer(name, region.index, d, signal))
     region = _Region(p, abs_u=(0.0, 25.0), v=(0.0, 80.0))
     if wanted("canal") and region:
