@@ -8,9 +8,9 @@ Method, on a 1 mm grid resampled in each sagittal slab with rows running caudall
 3. The vertebral column is the band of columns whose edge profile repeats at a vertebral pitch (25-50 mm), measured
    by autocorrelation in 100 mm windows and followed by dynamic programming as the lordosis bends it. Along it the
    peaks of the edge response are the disc spaces.
-4. Counting up from the sacrum: of the two lowest disc spaces, L5-S1 is the more inclined (the sacral slope of
-   a supine patient; sacral segment junctions, still visible in young adults, and the sacrum's lower surfaces lie
-   flatter). The second disc above it is L3-L4, and the L4 upper endplate is the caudal surface of that disc.
+4. Counting up from the sacrum: the lowest disc space with a vertebral body's height of image below it is L5-S1
+   (lower edges are the sacrum's surfaces or the pelvis where the column leaves the bone). The second disc above it
+   is L3-L4, and the L4 upper endplate is the caudal surface of that disc.
 Transitional anatomy (six lumbar vertebrae, a sacralised L5) cannot be told apart without seeing the ribs, so the
 count reported is what was seen from the sacrum upwards, capped at five, and the confidence says how clear the
 counting was: the pipeline sends any level below its confidence threshold to review.
@@ -37,6 +37,7 @@ GRID_MM = 1.0
 EDGE_SIGMA_MM = 1.5
 ENDPLATE_LENGTH_MM = 36.0
 TILTS_DEGREES = (-40, -30, -20, -10, 0, 10, 20, 30, 40)
+DISC_MERGE_SIGMA_MM = 4.0
 MIN_PITCH_MM = 22.0  # closest two disc spaces can be: a short vertebral body plus a thin disc
 MIDLINE_HALF_WIDTH_MM = 6.0  # slabs averaged either side of the midline: well inside the vertebral bodies
 BODY_HALF_WIDTH_MM = 8.0  # half the depth of the band sampled along the column: the central part of the bodies
@@ -208,7 +209,9 @@ def _band_profile(image: np.ndarray, path: np.ndarray, half_width_mm: float = BO
 
 def _disc_rows(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the disc spaces along the column and their prominence (relative to the strongest)."""
-    smooth = ndimage.gaussian_filter1d(profile, 3.0 / GRID_MM)
+    # 5 mm merges the two surfaces of a disc (8-14 mm apart) into one peak at its middle, on T1 (dark disc between
+    # bright marrow) as on T2.
+    smooth = ndimage.gaussian_filter1d(profile, DISC_MERGE_SIGMA_MM / GRID_MM)
     baseline = ndimage.minimum_filter1d(smooth, int(PITCH_RANGE_MM[1] / GRID_MM))
     lifted = smooth - ndimage.gaussian_filter1d(baseline, 10.0 / GRID_MM)
     peaks, properties = signal.find_peaks(lifted, distance=int(MIN_PITCH_MM / GRID_MM), prominence=0)
@@ -220,7 +223,7 @@ def _disc_rows(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 EDGE_MARGIN_MM = 6.0  # disc candidates closer than this to the top or bottom of the field are cut and unreliable
 MIN_DISC_PROMINENCE = 0.06
-MIN_INCLINATION_MARGIN = 8.0  # how much more inclined L5-S1 must be than its neighbours to be called confidently
+BODY_BELOW_MM = 16.0  # image needed below a disc space to see the vertebral body that makes it one
 
 
 def _midline(grid: SagittalGrid) -> tuple[int, np.ndarray, np.ndarray]:
@@ -269,18 +272,6 @@ def _disc_tilt(image: np.ndarray, path: np.ndarray, row: int) -> float:
     return float(-np.degrees(gradient_angle))
 
 
-def _inclination(tilted: np.ndarray, path: np.ndarray, row: int) -> float:
-    """How inclined the disc at a row is (degrees, unsigned): the median of the per-pixel best tilts around the
-    column plus half the best tilt of the mean response there. Two coarse estimates (10-degree steps) that fail in
-    different ways (crossing edges, the canal) are steadier together than either alone."""
-    half = int(BODY_HALF_WIDTH_MM / GRID_MM)
-    centre = round(path[row])
-    box = tilted[:, max(0, row - 3) : row + 4, max(0, centre - half) : centre + half + 1]
-    per_pixel = np.asarray(TILTS_DEGREES, dtype=float)[np.argmax(box, axis=0)]
-    of_mean = TILTS_DEGREES[int(np.argmax(box.reshape(len(TILTS_DEGREES), -1).mean(axis=1)))]
-    return float(abs(np.median(per_pixel)) + 0.5 * abs(of_mean))
-
-
 def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> LevelFinding:
     """Label the lumbar discs from the sacrum upwards and return the L4 upper endplate as a plane in patient mm."""
     grid = resample_sagittal(volume, geometry)
@@ -293,20 +284,15 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
     # The response already integrates 36 mm along each edge's own tilt: sampling the path alone keeps tilted discs
     # (L5-S1) sharp, where averaging a band of columns at one row would smear them.
     peaks, prominence = _disc_rows(_band_profile(response, path, half_width_mm=2.0))
-    margin = EDGE_MARGIN_MM / GRID_MM
-    keep = (prominence >= MIN_DISC_PROMINENCE) & (peaks >= margin) & (peaks <= n_rows - 1 - margin)
-    candidates = [int(row) for row in peaks[keep]]
-    inclinations = [_inclination(tilted, path, row) for row in candidates]
-    # L5-S1 is the most inclined disc in a supine patient (the sacral slope). The lowest candidate is either L5-S1 or
-    # an edge below it (a sacral segment junction, still seen in young adults, or the pelvis where the column
-    # leaves the sacrum), which lies flatter: of the two lowest, the more inclined is L5-S1; a tie goes lower.
-    lowest = range(max(0, len(candidates) - 2), len(candidates))
-    ranked = sorted(lowest, key=lambda i: (inclinations[i], i), reverse=True)
-    l5_s1_index = ranked[0] if ranked else -1
-    inclination_margin = inclinations[ranked[0]] - inclinations[ranked[1]] if len(ranked) > 1 else 0.0
-    discs = candidates[: l5_s1_index + 1]
-    prominence = list(prominence[keep][: l5_s1_index + 1])
-    sacral_dropped = len(candidates) - len(discs)
+    # A disc space is recognisable only with a vertebral body below it: the lowest candidates, closer to the
+    # bottom of the field than that, are the sacrum's lower surfaces or the pelvis where the column leaves the bone.
+    keep = (
+        (prominence >= MIN_DISC_PROMINENCE)
+        & (peaks >= EDGE_MARGIN_MM / GRID_MM)
+        & (peaks <= n_rows - 1 - BODY_BELOW_MM / GRID_MM)
+    )
+    discs = [int(row) for row in peaks[keep]]
+    prominence = list(prominence[keep])
     evidence: dict[str, float] = {"slab": float(slab), "discs_found": float(len(discs))}
     if len(discs) < 3:
         return LevelFinding(None, None, 0.0, "l4_not_found", evidence)
@@ -321,18 +307,15 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
     cranial = -grid.caudal
     normal = unit(np.cos(endplate_tilt) * cranial + np.sin(endplate_tilt) * grid.posterior)
 
-    clarity = float(np.mean(prominence[-3:]))
-    # When another low disc is as inclined as the one taken for L5-S1, the count may be off by one.
-    confidence = clarity * (1.0 if regular else 0.5) * (1.0 if inclination_margin >= MIN_INCLINATION_MARGIN else 0.7)
+    # The weakest of the three lowest disc spaces: one faint disc is enough to make the count doubtful.
+    clarity = float(np.min(prominence[-3:]))
+    confidence = clarity * (1.0 if regular else 0.5)
     if l5_s1 > n_rows - 1 - 15 / GRID_MM:
         confidence *= 0.8  # the field ends just below L5-S1: the sacrum itself is barely seen
     evidence.update(
         {
             "pitch_min_mm": float(pitches.min()),
             "pitch_max_mm": float(pitches.max()),
-            "sacral_candidates_dropped": float(sacral_dropped),
-            "l5_s1_inclination": round(float(inclinations[l5_s1_index]), 1),
-            "l5_s1_inclination_margin": round(float(inclination_margin), 1),
             "disc_clarity": round(clarity, 3),
             "endplate_tilt_degrees": round(float(np.degrees(endplate_tilt)), 1),
         }
