@@ -63,7 +63,13 @@ def default_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTrut
 def per_disc_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTruth, Path]:
     folder = tmp_path_factory.mktemp("per-disc")
     options = PhantomOptions(
-        hard=True, axial_layout="per_disc", sagittal=None, pixel_spacing=False, localizer=False, vendor="ge"
+        hard=True,
+        axial_layout="per_disc",
+        axial_series_per_stack=False,
+        sagittal=None,
+        pixel_spacing=False,
+        localizer=False,
+        vendor="ge",
     )
     return generate_study(12, folder, options), folder
 
@@ -253,6 +259,18 @@ def test_per_disc_stacks_are_one_series_angled_along_each_disc(per_disc_study) -
     assert max(angles) > 3.0, "stacks follow the lordosis"
     assert truth.reference is not None and truth.plvi is not None
     assert truth.expected_reason == "no_pixel_spacing"
+
+
+def test_per_disc_stacks_can_be_written_as_one_series_each(tmp_path: Path) -> None:
+    options = PhantomOptions(axial_layout="per_disc", axial_series_per_stack=True, sagittal=None, localizer=False)
+    truth = generate_study(15, tmp_path, options)
+    series = _read_series(tmp_path)
+    assert len(series) == len({s.stack for s in truth.slices}) >= 4
+    for datasets in series.values():
+        assert sorted(int(ds.InstanceNumber) for ds in datasets) == list(range(1, len(datasets) + 1))
+        assert len({tuple(np.round(_normal(ds), 6)) for ds in datasets}) == 1
+    assert len({s.sop_instance_uid for s in truth.slices}) == len(truth.slices)
+    assert truth.reference is not None
 
 
 def test_study_whose_axial_stack_misses_l4_has_no_reference(uncovered_study) -> None:

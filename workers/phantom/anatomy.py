@@ -30,8 +30,6 @@ _LUMBAR_TYPICAL = {
 }
 _SACRUM = (30.0, 10.0, 24.5, 16.0, 0.0)  # S1: height, L5-S1 disc, half width, half depth
 
-FRACTURE_KINDS = ("none", "fractured", "cemented")
-
 
 @dataclass(frozen=True)
 class Vertebra:
@@ -43,7 +41,7 @@ class Vertebra:
     half_width: float
     half_depth: float
     transverse_process_mm: float
-    condition: str = "none"  # one of FRACTURE_KINDS
+    condition: str = "none"  # "none" | "fractured" | "cemented"
     wedge: float = 0.0  # fraction of the anterior height lost to a compression fracture
 
     @property

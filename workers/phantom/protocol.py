@@ -41,6 +41,7 @@ class PhantomOptions:
     vendor: Literal["siemens", "ge", "philips"] | None = None
     misleading_descriptions: bool | None = None
     through_plane_samples: int = 3  # slice-profile samples across the slab (partial volume through plane)
+    axial_series_per_stack: bool | None = None  # per-disc stacks written as one series each rather than one series
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Draws:
     axial_layout: str
     cover_l4: bool
     pixel_spacing: bool
+    axial_series_per_stack: bool
 
 
 def draw_lumbar_count(rng: np.random.Generator, hard: bool) -> int:
@@ -115,6 +117,11 @@ def draw_acquisition(rng: np.random.Generator, options: PhantomOptions, anatomy:
         pixel_spacing=(
             options.pixel_spacing if options.pixel_spacing is not None else not (hard and rng.random() < 0.04)
         ),
+        axial_series_per_stack=(
+            options.axial_series_per_stack
+            if options.axial_series_per_stack is not None
+            else bool(rng.random() < (0.5 if hard else 0.2))
+        ),
     )
 
 
@@ -153,7 +160,10 @@ def series_header(
     draws: Draws,
     identity: tuple,
     rng: np.random.Generator,
+    part: int | None = None,
 ) -> dicom.SeriesHeader:
+    """The series' identity and acquisition parameters; `part` numbers the series when one stack of several
+    (per-disc stacks written as separate series) is written as its own series."""
     description = draws.vendor.descriptions[role]
     if draws.misleading and role in ("axial_t2", "sagittal_t2") and rng.random() < 0.6:
         description = str(rng.choice(_MISLEADING[role]))
@@ -161,7 +171,7 @@ def series_header(
     if len(planes) > 1:
         spacing = abs(float(np.dot(planes[1].centre - planes[0].centre, planes[0].normal)))
     return dicom.SeriesHeader(
-        uid=dicom.phantom_uid(*identity, role, "series"),
+        uid=dicom.phantom_uid(*identity, role, "series", *(() if part is None else (part,))),
         number=number,
         description=description,
         weighting="localizer" if role == "localizer" else sequence.weighting,

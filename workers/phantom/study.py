@@ -87,50 +87,58 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         rng = np.random.default_rng([seed, 10 + role_index])  # this series' protocol
         noise_rng = np.random.default_rng([seed, 20 + role_index])
         planes, sequence, nsub = series_planes(anatomy, options, draws, role, rng)
-        header = series_header(role, number, sequence, planes, draws, identity, rng)
         signals = tissue_signals(sequence, anatomy.marrow_fat)
-        order = list(range(len(planes)))
-        for instance, index in enumerate(order, start=1):
-            plane = planes[index]
-            image, centre_layers = acquire(
-                anatomy, plane, signals, nsub, bias, draws, header.phase_direction, noise_rng
+        parts = [planes]
+        if role == "axial_t2" and draws.axial_layout == "per_disc" and draws.axial_series_per_stack:
+            parts = [[p for p in planes if p.group == group] for group in sorted({p.group for p in planes})]
+        serial = 0  # numbers the instances across the parts, for their UIDs
+        for part_index, part in enumerate(parts):
+            split = len(parts) > 1
+            part_number = number * 10 + part_index + 1 if split else number
+            header = series_header(
+                role, part_number, sequence, part, draws, identity, rng, part=part_index if split else None
             )
-            pixels = np.clip(np.rint(image * draws.scale), 0, 65535).astype(np.uint16)
-            sop_uid = dicom.phantom_uid(*identity, role, "instance", instance)
-            path = out_dir / f"series-{number:03d}-{role}" / f"IM-{instance:04d}.dcm"
-            ds = dicom.mr_dataset(
-                pixels,
-                plane,
-                study=study,
-                series=header,
-                vendor=draws.vendor,
-                sop_uid=sop_uid,
-                instance_number=instance,
-                slice_location=float(np.dot(plane.centre, plane.normal)),
-                write_pixel_spacing=draws.pixel_spacing or role != "axial_t2",
-            )
-            dicom.write(ds, path)
-            if role == "axial_t2":
-                masks, areas = slice_truth(anatomy, plane, centre_layers)
-                reference_masks[sop_uid] = masks
-                slices.append(
-                    SliceTruth(
-                        sop_instance_uid=sop_uid,
-                        series_instance_uid=header.uid,
-                        instance_number=instance,
-                        path=str(path.relative_to(out_dir)),
-                        stack=plane.group,
-                        psoas_left_mm2=areas["psoas_left"],
-                        psoas_right_mm2=areas["psoas_right"],
-                        vertebra_mm2=areas["vertebra"],
-                        plvi=(areas["psoas_left"] + areas["psoas_right"]) / areas["vertebra"]
-                        if areas["vertebra"] >= MIN_VERTEBRA_SECTION_MM2
-                        else None,
-                        distance_to_endplate_mm=distance_to_endplate(anatomy, plane),
-                        slab_top_to_endplate_mm=slab_top_to_endplate(anatomy, plane),
-                    )
+            for instance, plane in enumerate(part, start=1):
+                serial += 1
+                image, centre_layers = acquire(
+                    anatomy, plane, signals, nsub, bias, draws, header.phase_direction, noise_rng
                 )
-        series_truth.append(SeriesTruth(header.uid, role, number, header.description, len(planes)))
+                pixels = np.clip(np.rint(image * draws.scale), 0, 65535).astype(np.uint16)
+                sop_uid = dicom.phantom_uid(*identity, role, "instance", serial)
+                path = out_dir / f"series-{part_number:03d}-{role}" / f"IM-{instance:04d}.dcm"
+                ds = dicom.mr_dataset(
+                    pixels,
+                    plane,
+                    study=study,
+                    series=header,
+                    vendor=draws.vendor,
+                    sop_uid=sop_uid,
+                    instance_number=instance,
+                    slice_location=float(np.dot(plane.centre, plane.normal)),
+                    write_pixel_spacing=draws.pixel_spacing or role != "axial_t2",
+                )
+                dicom.write(ds, path)
+                if role == "axial_t2":
+                    masks, areas = slice_truth(anatomy, plane, centre_layers)
+                    reference_masks[sop_uid] = masks
+                    slices.append(
+                        SliceTruth(
+                            sop_instance_uid=sop_uid,
+                            series_instance_uid=header.uid,
+                            instance_number=instance,
+                            path=str(path.relative_to(out_dir)),
+                            stack=plane.group,
+                            psoas_left_mm2=areas["psoas_left"],
+                            psoas_right_mm2=areas["psoas_right"],
+                            vertebra_mm2=areas["vertebra"],
+                            plvi=(areas["psoas_left"] + areas["psoas_right"]) / areas["vertebra"]
+                            if areas["vertebra"] >= MIN_VERTEBRA_SECTION_MM2
+                            else None,
+                            distance_to_endplate_mm=distance_to_endplate(anatomy, plane),
+                            slab_top_to_endplate_mm=slab_top_to_endplate(anatomy, plane),
+                        )
+                    )
+            series_truth.append(SeriesTruth(header.uid, role, part_number, header.description, len(part)))
 
     l4 = anatomy.vertebra("L4")
     endplate_point, endplate_normal = anatomy.upper_endplate("L4")
