@@ -15,6 +15,7 @@ from skimage.draw import polygon
 
 RAYS = 120
 STEP_MM = 0.5
+MIN_BAND_MM = 3.0
 BEYOND_MM = 3.0
 """The tissue beyond the edge is read this far out: past the blur of the edge, short of the next structure."""
 
@@ -77,20 +78,28 @@ def refine_star_outline(
         for direction in band_directions:
             banded |= np.abs(np.angle(np.exp(1j * (angles - direction)))) <= np.radians(50)
     beyond = int(round(BEYOND_MM / STEP_MM))
+    near = int(round(1.0 / STEP_MM))
     shift = int(round(max_shift_mm / STEP_MM))
     edges = rough_radius.copy()
     found = np.zeros(RAYS, dtype=bool)
     for ray in range(RAYS):
         start_index = int(rough_radius[ray] / STEP_MM)
-        first = max(start_index - shift, start_index // 3)
+        first = max(start_index - shift, start_index // 3, 1)
         last = min(start_index + shift, len(radii) - beyond - 1)
+        profile = profiles[ray]
         for index in range(first, last + 1):
-            step = profiles[ray, index + beyond] - inside_level
-            if abs(step) >= minimum_step and abs(profiles[ray, index] - inside_level) >= 0.5 * abs(step):
-                edges[ray] = radii[index] + (dark_shell_mm if step < 0 else 0.0)
+            # The tissue beyond: the value differing most from the inside within 1-3 mm out, so that a thin
+            # layer (fat between the body and a vessel) is not jumped over.
+            ahead = profile[index + near: index + beyond + 1] - inside_level
+            step = ahead[np.argmax(np.abs(ahead))]
+            if abs(step) >= minimum_step and abs(profile[index] - inside_level) >= 0.5 * abs(step):
                 found[ray] = True
-                if step < 0 and banded[ray]:
-                    edges[ray] = _beyond_band(profiles[ray], index, band_mm, inside_level, bright_level, edges[ray])
+                if step > 0:
+                    edges[ray] = _rising_edge(profile, index, inside_level + step)
+                else:
+                    edges[ray] = _crossing(profile, index, inside_level + 0.5 * step) + dark_shell_mm
+                    if banded[ray]:
+                        edges[ray] = _beyond_band(profile, index, band_mm, inside_level, bright_level, edges[ray])
                 break
 
     wrapped = np.concatenate([edges[-6:], edges, edges[:6]])
@@ -107,10 +116,35 @@ def refine_star_outline(
 
 def _beyond_band(profile: np.ndarray, index: int, band_mm: float, inside_level: float, bright_level: float,
                  default: float) -> float:
-    """The radius where a dark band starting at ``index`` gives way to bright tissue, or ``default``."""
+    """The radius where a dark band starting at ``index`` gives way to bright tissue, or ``default``.
+
+    A dark stretch thinner than ``MIN_BAND_MM`` is the cortex with the ligament on it, not a grazed endplate.
+    """
     half_way = 0.5 * (inside_level + bright_level)
     last = min(index + int(round(band_mm / STEP_MM)), len(profile) - 5)
-    for position in range(index + 1, last + 1):
+    for position in range(index + int(round(MIN_BAND_MM / STEP_MM)), last + 1):
         if profile[position] >= half_way and np.all(profile[position: position + 4] >= half_way):
             return position * STEP_MM
     return default
+
+
+def _crossing(profile: np.ndarray, index: int, level: float) -> float:
+    """Radius (mm) where the profile crosses ``level`` between samples ``index - 1`` and ``index``."""
+    before, after = profile[index - 1], profile[index]
+    fraction = 0.5 if after == before else float(np.clip((level - before) / (after - before), 0.0, 1.0))
+    return (index - 1 + fraction) * STEP_MM
+
+
+def _rising_edge(profile: np.ndarray, index: int, bright: float) -> float:
+    """The edge towards brighter tissue, half-way up from the darkest point just inside it.
+
+    A dark cortex between marrow and fat is blurred into a shallow dip; the edge (the cortex's outer surface)
+    is half-way between that dip and the bright tissue, not between marrow and the bright tissue.
+    """
+    lookback = max(index - int(round(1.5 / STEP_MM)), 1)
+    dip = lookback + int(np.argmin(profile[lookback: index + 1]))
+    level = 0.5 * (profile[dip] + bright)
+    for position in range(max(dip, 1), min(index + int(round(3.0 / STEP_MM)), len(profile))):
+        if profile[position] >= level:
+            return _crossing(profile, position, level)
+    return index * STEP_MM

@@ -18,6 +18,7 @@ from skimage.morphology import convex_hull_image, disk, h_maxima
 from skimage.segmentation import watershed
 
 from workers.analysis.evidence import band, ellipse_fit, open_by_disk, ramp
+from workers.analysis.outline import refine_star_outline
 
 PRIOR_OFFSET_MM = 17
 """Expected psoas centre at L4: this far lateral to the body's edge (half an adult psoas width)."""
@@ -60,10 +61,12 @@ class PsoasFinding:
 def find_psoas(corrected: np.ndarray, body: np.ndarray, vertebra: np.ndarray) -> tuple[PsoasFinding, PsoasFinding]:
     """(right, left) psoas of the patient; the right one lies at lower columns in the canonical view."""
     smooth = ndi.gaussian_filter(corrected, 1.0)
-    return (_find_one(smooth, body, vertebra, side=-1), _find_one(smooth, body, vertebra, side=+1))
+    sharp = ndi.gaussian_filter(corrected, 0.5)  # for placing the outline: less blur, same edges
+    return (_find_one(smooth, sharp, body, vertebra, side=-1), _find_one(smooth, sharp, body, vertebra, side=+1))
 
 
-def _find_one(smooth: np.ndarray, body: np.ndarray, vertebra: np.ndarray, side: int) -> PsoasFinding:
+def _find_one(smooth: np.ndarray, sharp: np.ndarray, body: np.ndarray, vertebra: np.ndarray,
+              side: int) -> PsoasFinding:
     """One psoas; ``side`` is -1 for the patient's right (towards column 0), +1 for the left."""
     top, left, bottom, right = regionprops(vertebra.astype(np.uint8))[0].bbox
     centre_row = int(round(0.5 * (top + bottom)))
@@ -78,7 +81,7 @@ def _find_one(smooth: np.ndarray, body: np.ndarray, vertebra: np.ndarray, side: 
     roi = np.zeros_like(body)
     roi[rows, columns] = True
     roi = (roi & body & ~ndi.binary_dilation(vertebra, disk(1)))[window]
-    smooth, vertebra = smooth[window], vertebra[window]
+    smooth, sharp, vertebra = smooth[window], sharp[window], vertebra[window]
     empty = np.zeros(body.shape, dtype=bool)
     rr, cc = np.ogrid[window[0].start: window[0].stop, window[1].start: window[1].stop]
     rr, cc = rr[: roi.shape[0]], cc[:, : roi.shape[1]]
@@ -116,6 +119,10 @@ def _find_one(smooth: np.ndarray, body: np.ndarray, vertebra: np.ndarray, side: 
     # millimetres out from the core at most; it is not allowed to run on into intermediate tissue.
     muscle = ndi.binary_dilation(core, disk(1), iterations=EDGE_SEARCH_MM, mask=muscle_like & (smooth < half_way))
     muscle = _fill_fat_pockets(ndi.binary_closing(muscle, disk(3)) & muscle_like, muscle_like) | core
+    # Place the outline between pixels: half-way from muscle to whatever lies beyond, ray by ray.
+    refined, _ = refine_star_outline(sharp, muscle, inside_level=muscle_level,
+                                     minimum_step=0.25 * (fat_level - muscle_level), max_shift_mm=2.0)
+    muscle = refined & muscle_like
     muscle = _fill_fatty_bays(muscle, smooth >= half_way, ndi.binary_dilation(vertebra, disk(3)))
     muscle &= ~vertebra
     confidence, evidence = _evidence(muscle, smooth, vertebra, muscle_level, fat_level)

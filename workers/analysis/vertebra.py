@@ -34,6 +34,8 @@ marrow that is uneven (fat islands, partial volume with the endplate)."""
 
 REFINED_CANDIDATES = 5
 
+EDGE_SMOOTHING_MM = 0.5
+
 MARROW_SPREADS = 4.0
 """An edge of the body differs from marrow by more than four robust deviations of the marrow signal (noise and
 patchy red and fatty marrow), and by at least a tenth of the muscle-to-fat range."""
@@ -77,6 +79,8 @@ def find_vertebral_body(corrected: np.ndarray, body: np.ndarray) -> VertebraFind
     midline = 0.5 * (columns[0] + columns[-1])
     first, last = max(int(midline) - SEARCH_HALF_WIDTH_MM, 0), min(int(midline) + SEARCH_HALF_WIDTH_MM, body.shape[1])
     smooth = ndi.gaussian_filter(corrected, 1.0)[:, first:last]
+    # The outline is placed on a lightly smoothed image: heavier smoothing would erase the 1 mm dark cortex.
+    sharp = ndi.gaussian_filter(corrected, EDGE_SMOOTHING_MM)[:, first:last]
     trunk = body[:, first:last]
     midline -= first
     # Marrow lies anywhere between muscle and fat (fatty marrow of the elderly is nearly as bright as fat):
@@ -106,7 +110,7 @@ def find_vertebral_body(corrected: np.ndarray, body: np.ndarray) -> VertebraFind
     signal_range = fat - darkest
     best: tuple[float, np.ndarray, dict[str, float]] | None = None
     for _, core in sorted(candidates, key=lambda item: -item[0])[:REFINED_CANDIDATES]:
-        refined, edges = _refine_outline(core, smooth, trunk, signal_range=signal_range, bright_level=fat)
+        refined, edges = _refine_outline(core, sharp, trunk, signal_range=signal_range, bright_level=fat)
         if refined.sum() < BODY_AREA_MM2[0] / 2:
             continue
         evidence = {**_score(refined, smooth, midline, rows), **edges, "vertebra_ellipse_fit": ellipse_fit(refined)}
@@ -167,8 +171,9 @@ def _score(candidate: np.ndarray, smooth: np.ndarray, midline: float, body_rows:
         # The body sits behind the abdominal contents: not in the front fifth of the trunk.
         "behind_abdomen": ramp((centre_row - body_rows[0]) / max(body_rows[-1] - body_rows[0], 1), 0.2, 0.35),
         "roundness": ramp(region.solidity, 0.8, 0.9),
-        # An axial lumbar body is wider than deep, about 1.2-1.7 times.
-        "aspect": band((right - left) / max(bottom - top, 1), 0.6, 0.9, 1.9, 2.6),
+        # An axial lumbar body is wider than deep, about 1.2-1.5 times (L4: about 48 x 35 mm); a body cut
+        # short in front or behind (a band of darker marrow left out) looks wider than that.
+        "aspect": band((right - left) / max(bottom - top, 1), 0.7, 0.95, 1.5, 1.8),
         "homogeneity": ramp(float(np.std(values)) / max(mean, 1e-6), 0.8, 0.35),
     }
     band_rows = slice(top, bottom)
