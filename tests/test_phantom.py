@@ -56,7 +56,7 @@ def _dciodvfy_errors(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def default_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTruth, Path]:
     folder = tmp_path_factory.mktemp("default")
-    return generate_study(11, folder, PhantomOptions(axial_layout="stack")), folder
+    return generate_study(11, folder, PhantomOptions(axial_layout="stack", vendor="siemens")), folder
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,12 @@ def per_disc_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTru
 def uncovered_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTruth, Path]:
     folder = tmp_path_factory.mktemp("uncovered")
     options = PhantomOptions(
-        cover_l4=False, sagittal="t1", localizer=False, lumbar_vertebrae=6, vertebra_condition="cemented"
+        cover_l4=False,
+        sagittal="t1",
+        localizer=False,
+        lumbar_vertebrae=6,
+        vertebra_condition="cemented",
+        vendor="ge",
     )
     return generate_study(13, folder, options), folder
 
