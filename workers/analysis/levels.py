@@ -223,6 +223,7 @@ def _disc_rows(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 EDGE_MARGIN_MM = 6.0  # disc candidates closer than this to the top or bottom of the field are cut and unreliable
 MIN_DISC_PROMINENCE = 0.06
+CAUDAL_SURFACE_REACH_MM = 13.0  # the merged edge peak may sit on a disc's cranial surface, a disc height above
 BODY_BELOW_MM = 16.0  # image needed below a disc space to see the vertebral body that makes it one
 
 
@@ -245,9 +246,9 @@ def _midline(grid: SagittalGrid) -> tuple[int, np.ndarray, np.ndarray]:
 
 
 def _caudal_endplate_row(response: np.ndarray, path: np.ndarray, disc_row: int) -> float:
-    """Row of the caudal surface of a disc: the last strong edge within 10 mm below the disc's centre."""
+    """Row of the caudal surface of a disc: the last strong edge within CAUDAL_SURFACE_REACH_MM below its peak."""
     profile = _band_profile(response, path)
-    window = profile[disc_row : disc_row + int(10 / GRID_MM) + 1]
+    window = profile[disc_row : disc_row + int(CAUDAL_SURFACE_REACH_MM / GRID_MM) + 1]
     peaks, _ = signal.find_peaks(np.concatenate([[0.0], window, [0.0]]))
     peaks = peaks - 1
     strong = [p for p in peaks if window[p] >= 0.5 * window.max()]
