@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from plvi.db import session_scope
 from plvi.models import Analysis, Instance, Series, Study
 from plvi.settings import Settings
+from reports.web.keyimage import store_masks
 
 SIZE = 128
 PIXEL_MM = 1.5
@@ -131,10 +132,8 @@ def seed_study(settings: Settings, engine: Engine, *, index: int, psoas_radius: 
                 study_date="20240315", masks=masks)
     result = result_object(study_uid, series_uid, sop_uid, status, masks, settings.cutoff)
     instance_set_hash = f"{index:064x}"
-    masks_dir = settings.results_dir / study_uid / instance_set_hash
-    masks_dir.mkdir(parents=True, exist_ok=True)
     if status != "not_measurable":
-        np.savez_compressed(masks_dir / "masks.npz", **masks)
+        store_masks(settings, study_uid, instance_set_hash, masks)
     with session_scope(engine) as session:
         session.add(Study(study_instance_uid=study_uid, patient_id=patient_id, accession_number=accession,
                           study_date="20240315", state="settled", instance_set_hash=instance_set_hash))
@@ -181,7 +180,7 @@ def seed_phantom_study(settings: Settings, engine: Engine, seed: int, target_plv
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
     first = headers[0]
     study_uid, instance_set_hash = str(first.StudyInstanceUID), f"phantom{seed:057d}"
-    np.savez_compressed(_masks_folder(settings, study_uid, instance_set_hash) / "masks.npz", **analysed.masks)
+    store_masks(settings, study_uid, instance_set_hash, analysed.masks)
     with session_scope(engine) as session:
         session.add(Study(study_instance_uid=study_uid, patient_id=str(first.PatientID),
                           accession_number=str(first.AccessionNumber), study_date=str(first.StudyDate),
@@ -211,8 +210,3 @@ def seed_phantom_study(settings: Settings, engine: Engine, seed: int, target_plv
                        str((result.get("slice") or {}).get("sop_instance_uid")), analysis_id, result["plvi"],
                        result["status"])
 
-
-def _masks_folder(settings: Settings, study_uid: str, instance_set_hash: str) -> Path:
-    folder = settings.results_dir / study_uid / instance_set_hash
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,20 @@ DISPLAY_SIZE = 512
 
 def masks_path(settings: Settings, study_uid: str, instance_set_hash: str) -> Path:
     return settings.results_dir / study_uid / instance_set_hash / "masks.npz"
+
+
+def store_masks(settings: Settings, study_uid: str, instance_set_hash: str, masks: dict[str, np.ndarray]) -> Path:
+    """Keep an analysis's masks where the dashboard's key image finds them (the worker calls this when it stores
+    the Analysis row). Written to a temporary file and renamed, so a reader never sees half a file."""
+    target = masks_path(settings, study_uid, instance_set_hash)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as handle:
+        np.savez_compressed(handle, **{name: np.asarray(mask, dtype=bool) for name, mask in masks.items()})
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, target)
+    return target
 
 
 def render_key_image(image: np.ndarray, masks: dict[str, np.ndarray]) -> bytes:
