@@ -34,7 +34,7 @@ from workers.study_files import load_image, load_volume, read_study_headers
 
 ALGORITHM_VERSION = __version__
 # Below this the level is reported but the number goes to a human: an off-by-one level is the costliest error.
-MIN_LEVEL_CONFIDENCE = 0.5
+MIN_LEVEL_CONFIDENCE = 0.6
 # BodyPartExamined values (PS3.16 CID 4031 and vendor habits) that say the study is not of the lumbar spine.
 NOT_LUMBAR_BODY_PARTS = {"CSPINE", "TSPINE", "HEAD", "BRAIN", "NECK", "CHEST", "KNEE", "SHOULDER", "HIP", "ANKLE"}
 
