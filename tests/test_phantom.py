@@ -304,3 +304,13 @@ def test_command_line_writes_one_study_per_seed(tmp_path: Path, capsys: pytest.C
     assert main([str(tmp_path), "--seeds", "3", "--sagittal", "none", "--no-localizer"]) == 0
     assert (tmp_path / "phantom-0003" / "truth.json").exists()
     assert "seed=3 plvi=" in capsys.readouterr().out
+
+
+def test_regenerating_into_a_folder_leaves_no_stale_series(tmp_path: Path) -> None:
+    generate_study(8, tmp_path, PhantomOptions(sagittal=None, axial_layout="per_disc"))
+    (tmp_path / "notes.txt").write_text("not the phantom's")
+    options = PhantomOptions(sagittal=None, localizer=False, axial_layout="stack", axial_slices=3)
+    truth = generate_study(8, tmp_path, options)
+    files = sorted(tmp_path.rglob("*.dcm"))
+    assert len(files) == len(truth.slices) == 3
+    assert (tmp_path / "notes.txt").exists()

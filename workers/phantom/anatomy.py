@@ -9,7 +9,7 @@ points; a rigid transform (patient yaw and roll on the table, table position) ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,6 +59,7 @@ class MuscleProfile:
     v_fraction: np.ndarray  # centre offset v as a fraction of the vertebral half depth
     shape_harmonics: np.ndarray  # (k, amplitude, phase) rows that make the outline irregular
     fat_fraction: float
+    rotation_deg: float = 0.0  # the oval turned from antero-posterior (positive: its front end medial)
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ def sample_anatomy(
     yaw_limit, roll_limit = (8.0, 6.0) if hard else (3.0, 2.5)
     rotation = _rotation(rng.uniform(-yaw_limit, yaw_limit), rng.uniform(-roll_limit, roll_limit))
     origin = np.array([rng.uniform(-10, 10), rng.uniform(-15, 15), rng.uniform(-170, -120)])
-    return Anatomy(
+    anatomy = Anatomy(
         origin=origin,
         rotation=rotation,
         phi0=-np.radians(sacral_slope_deg),
@@ -322,6 +323,19 @@ def sample_anatomy(
         modic_type=int(rng.choice([1, 2])) if rng.random() < (0.35 if hard else 0.1) else 0,
         sacral_remnant=float(rng.uniform(0.3, 1.0)) if rng.random() < 0.7 else 0.0,
     )
+    return _vary_psoas_shapes(rng, anatomy, hard)
+
+
+def _vary_psoas_shapes(rng: np.random.Generator, anatomy: Anatomy, hard: bool) -> Anatomy:
+    """Turn each psoas oval (it often lies obliquely) and, in hard studies, make its outline less regular."""
+    profiles = []
+    for profile in (anatomy.psoas_left, anatomy.psoas_right):
+        harmonics = profile.shape_harmonics.copy()
+        if hard:
+            harmonics[:, 1] *= rng.uniform(1.0, 1.8)
+        limits = (-30.0, 30.0) if hard else (-15.0, 15.0)
+        profiles.append(replace(profile, shape_harmonics=harmonics, rotation_deg=float(rng.uniform(*limits))))
+    return replace(anatomy, psoas_left=profiles[0], psoas_right=profiles[1])
 
 
 def _psoas_profile(

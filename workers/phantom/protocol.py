@@ -26,7 +26,7 @@ class PhantomOptions:
     axial_matrix: int = 256
     axial_pixel_mm: float | None = None
     axial_thickness_mm: float = 4.0
-    axial_slices: int | None = None  # None: as many as cover L2 to S1
+    axial_slices: int | None = None  # single stack only; None: as many as cover L2 to S1
     axial_tilt_deg: float | None = None  # tilt of a single stack from the transverse plane towards the L4 endplate
     sagittal_matrix: int = 256
     sagittal_slices: int = 15

@@ -23,9 +23,12 @@ def psoas_distance(anatomy: Anatomy, t: SpineTables, p: Points, side: int) -> np
     b = p.depth
     centre_u = side * (0.92 * a + 0.82 * lateral + 0.35 * np.clip(-p.s, 0.0, None))
     centre_v = np.interp(p.s, profile.anchors_s, profile.v_fraction).astype(np.float32) * b
-    x = (p.u - centre_u) / lateral
-    y = (p.v - centre_v) / anteroposterior
-    angle = np.arctan2(y, side * x)
+    # in the muscle's own axes: lateral (mirrored for the right side) and posterior, turned by its rotation
+    turn = np.radians(profile.rotation_deg)
+    outward, backward = side * (p.u - centre_u), p.v - centre_v
+    x = (outward * np.float32(np.cos(turn)) - backward * np.float32(np.sin(turn))) / lateral
+    y = (outward * np.float32(np.sin(turn)) + backward * np.float32(np.cos(turn))) / anteroposterior
+    angle = np.arctan2(y, x)
     boundary = np.ones_like(x)
     for k, amplitude, phase in profile.shape_harmonics:
         boundary += np.float32(amplitude) * np.cos(np.float32(k) * angle + np.float32(phase))

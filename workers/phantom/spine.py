@@ -130,7 +130,7 @@ def posterior_elements_distance(anatomy: Anatomy, t: SpineTables, p: Points, ind
     junction = (cu + 3.5, canal_v + 2.0)
     facet = bounded_capsule(
         np.abs(p.u), p.v, junction, (junction[0] + 3.0, junction[1] + 9.0), 4.0,
-        np.abs(p.s - (t.disc_centres[disc] + 2.0)) - 8.0,
+        np.abs(p.s - (t.disc_centres[disc] - 1.0)) - 10.0,
     )
     return np.where(index > 0, np.minimum(distance, facet), distance)
 
@@ -158,12 +158,12 @@ def _arch_distance(anatomy: Anatomy, t: SpineTables, p: Points, index: np.ndarra
     )
     lamina = bounded_capsule(
         au, p.v, (junction[0], junction[1] + 2.0), roof, 2.8,
-        np.abs(p.s - (lo + 0.5 * height - 8.0)) - (0.5 * height + 1.0),
+        np.abs(p.s - (lo + 0.5 * height - 10.0)) - (0.5 * height + 2.0),
     )
     depth = np.clip(p.v - roof[1], 0.0, None)
     spinous = bounded_capsule(
         p.u, p.v, roof, (0.0, roof[1] + 28.0), 3.0,
-        np.abs(p.s - (lo + 0.35 * height - 0.25 * depth)) - (0.3 * height + 1.0),
+        np.abs(p.s - (lo + 0.3 * height - 0.3 * depth)) - (0.3 * height + 1.0),
     )
     distance = np.minimum(np.minimum(pedicle, transverse), np.minimum(lamina, spinous))
     sacral = np.flatnonzero(index == 0)

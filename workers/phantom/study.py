@@ -45,6 +45,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
     """Write one phantom study (DICOM files in series folders, truth.json, truth_masks.npz) under out_dir."""
     options = options or PhantomOptions()
     out_dir = Path(out_dir)
+    _remove_previous_phantom(out_dir)
     # independent random streams: what one part draws does not shift another (adding a localizer, say, leaves the
     # anatomy and the axial series as they were)
     rng = np.random.default_rng([seed, 0])  # the patient
@@ -167,6 +168,16 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
     (out_dir / "truth.json").write_text(json.dumps(truth.to_json(), indent=2) + "\n")
     np.savez_compressed(out_dir / "truth_masks.npz", **truth.masks)
     return truth
+
+
+def _remove_previous_phantom(out_dir: Path) -> None:
+    """Delete what an earlier phantom wrote in this folder (its series folders and truth files, nothing else), so
+    that regenerating with other options leaves no stale series behind."""
+    for path in [*out_dir.glob("series-*-*/IM-*.dcm"), out_dir / "truth.json", out_dir / "truth_masks.npz"]:
+        path.unlink(missing_ok=True)
+    for folder in out_dir.glob("series-*-*"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _calibrate_psoas(anatomy: Anatomy, target_plvi: float) -> Anatomy:
