@@ -37,7 +37,7 @@ GRID_MM = 1.0
 EDGE_SIGMA_MM = 1.5
 ENDPLATE_LENGTH_MM = 36.0
 TILTS_DEGREES = (-40, -30, -20, -10, 0, 10, 20, 30, 40)
-DISC_MERGE_SIGMA_MM = 4.0
+DISC_MERGE_SIGMA_MM = 4.0  # smoothing of the edge profile that merges a disc's two surfaces into one peak
 MIN_PITCH_MM = 22.0  # closest two disc spaces can be: a short vertebral body plus a thin disc
 MIDLINE_HALF_WIDTH_MM = 6.0  # slabs averaged either side of the midline: well inside the vertebral bodies
 BODY_HALF_WIDTH_MM = 8.0  # half the depth of the band sampled along the column: the central part of the bodies
@@ -209,8 +209,8 @@ def _band_profile(image: np.ndarray, path: np.ndarray, half_width_mm: float = BO
 
 def _disc_rows(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the disc spaces along the column and their prominence (relative to the strongest)."""
-    # 5 mm merges the two surfaces of a disc (8-14 mm apart) into one peak at its middle, on T1 (dark disc between
-    # bright marrow) as on T2.
+    # Merging the two surfaces of a disc (8-14 mm apart) into one peak finds discs on T1 (a dark band between
+    # bright marrow) as on T2; the peak may then sit on either surface, which _caudal_endplate_row allows for.
     smooth = ndimage.gaussian_filter1d(profile, DISC_MERGE_SIGMA_MM / GRID_MM)
     baseline = ndimage.minimum_filter1d(smooth, int(PITCH_RANGE_MM[1] / GRID_MM))
     lifted = smooth - ndimage.gaussian_filter1d(baseline, 10.0 / GRID_MM)
@@ -221,7 +221,7 @@ def _disc_rows(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return peaks, prominence
 
 
-EDGE_MARGIN_MM = 6.0  # disc candidates closer than this to the top or bottom of the field are cut and unreliable
+EDGE_MARGIN_MM = 6.0  # disc candidates closer than this to the top of the field are cut and unreliable
 MIN_DISC_PROMINENCE = 0.06
 CAUDAL_SURFACE_REACH_MM = 13.0  # the merged edge peak may sit on a disc's cranial surface, a disc height above
 BODY_BELOW_MM = 16.0  # image needed below a disc space to see the vertebral body that makes it one
@@ -311,8 +311,6 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
     # The weakest of the three lowest disc spaces: one faint disc is enough to make the count doubtful.
     clarity = float(np.min(prominence[-3:]))
     confidence = clarity * (1.0 if regular else 0.5)
-    if l5_s1 > n_rows - 1 - 15 / GRID_MM:
-        confidence *= 0.8  # the field ends just below L5-S1: the sacrum itself is barely seen
     evidence.update(
         {
             "pitch_min_mm": float(pitches.min()),
