@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -15,15 +16,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 from pydantic import SecretStr
+from sqlmodel import select
 
 from plvi.db import make_engine, session_scope, upgrade_database
-from plvi.models import Analysis, OutboxMessage, Study
+from plvi.models import Analysis, OutboxMessage, Study, User, utcnow
 from plvi.settings import Settings
 from reports.export.run import run_export
 from reports.hl7 import sync_worklist_flags
 from reports.web import start_api
 from reports.web.api import api_router
-from reports.web.auth import create_user
+from reports.web.auth import authenticate_password, create_user, issue_token, user_for_token
 from reports.web.keyimage import OUTLINE_COLOURS
 from tests.conftest import free_port
 from tests.http_server import serve_http
@@ -297,3 +299,16 @@ def test_the_http_server_says_so_when_its_port_is_taken(api_settings, engine):
         taken.listen()
         with pytest.raises(RuntimeError, match="PLVI_HTTP_PORT"):
             start_api(api_settings, engine, host="127.0.0.1", port=taken.getsockname()[1])
+
+
+def test_a_session_expires_and_a_deactivated_user_is_refused(api_settings, engine):
+    with session_scope(engine) as session:
+        user = session.exec(select(User).where(User.username == USER)).one()
+        token = issue_token(session, user, kind="session", lifetime=timedelta(hours=1))
+    with session_scope(engine) as session:
+        assert user_for_token(session, token) is not None
+        assert user_for_token(session, token, now=utcnow() + timedelta(hours=2)) is None
+        session.get(User, user.id).is_active = False
+    with session_scope(engine) as session:
+        assert user_for_token(session, token) is None
+        assert authenticate_password(session, USER, PASSWORD) is None
