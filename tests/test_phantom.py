@@ -213,6 +213,12 @@ def test_truth_masks_agree_with_the_stated_areas_and_the_image(default_study) ->
     columns = {name: np.nonzero(stored[name])[1].mean() for name in ("psoas_left", "psoas_right", "vertebra")}
     assert columns["psoas_right"] < columns["vertebra"] < columns["psoas_left"], "patient left at the image right"
     assert image[stored["psoas_left"]].mean() < image[stored["vertebra"]].mean(), "muscle is darker than marrow"
+    by_slice = np.load(folder / "truth_masks_by_slice.npz")
+    for name in ("psoas_left", "psoas_right", "vertebra"):
+        assert np.array_equal(by_slice[f"{reference.sop_instance_uid}/{name}"], stored[name])
+    for s in truth.slices:
+        mask = by_slice[f"{s.sop_instance_uid}/psoas_left"]
+        assert mask.sum() * pixel_area == pytest.approx(s.psoas_left_mm2, rel=0.05, abs=20.0)
     written = json.loads((folder / "truth.json").read_text())
     assert written["plvi"] == pytest.approx(reference.plvi)
     assert written["l4_upper_endplate"]["point_mm"] == list(truth.l4_upper_endplate_point_mm)

@@ -1,4 +1,5 @@
-"""generate_study: one synthetic lumbar MRI study as DICOM files, with its truth (truth.json, truth_masks.npz).
+"""generate_study: one synthetic lumbar MRI study as DICOM files, with its truth (truth.json, truth_masks.npz with
+the reference slice's masks, truth_masks_by_slice.npz with every axial slice's, keys "<SOPInstanceUID>/<name>").
 
 The truth and the rule that picks the reference slice are in `workers.phantom.truth`."""
 
@@ -42,7 +43,8 @@ from workers.phantom.truth import (
 )
 
 def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = None) -> PhantomTruth:
-    """Write one phantom study (DICOM files in series folders, truth.json, truth_masks.npz) under out_dir."""
+    """Write one phantom study (DICOM files in series folders, truth.json, truth_masks.npz,
+    truth_masks_by_slice.npz) under out_dir."""
     options = options or PhantomOptions()
     out_dir = Path(out_dir)
     _remove_previous_phantom(out_dir)
@@ -72,7 +74,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
 
     series_truth: list[SeriesTruth] = []
     slices: list[SliceTruth] = []
-    reference_masks: dict[str, dict[str, np.ndarray]] = {}
+    slice_masks: dict[str, dict[str, np.ndarray]] = {}
     roles = []
     if options.localizer:
         roles.append("localizer")
@@ -121,7 +123,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
                 dicom.write(ds, path)
                 if role == "axial_t2":
                     masks, areas = slice_truth(anatomy, plane, centre_layers)
-                    reference_masks[sop_uid] = masks
+                    slice_masks[sop_uid] = masks
                     slices.append(
                         SliceTruth(
                             sop_instance_uid=sop_uid,
@@ -162,18 +164,24 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         hard=options.hard,
         vendor=draws.vendor.manufacturer,
         axial_layout=draws.axial_layout if options.axial_t2 else None,
-        masks=reference_masks.get(reference, {}) if reference else {},
+        masks=slice_masks.get(reference, {}) if reference else {},
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "truth.json").write_text(json.dumps(truth.to_json(), indent=2) + "\n")
     np.savez_compressed(out_dir / "truth_masks.npz", **truth.masks)
+    # every axial slice's masks, so that a measurement on an acceptable neighbour can be scored on its own slice
+    np.savez_compressed(
+        out_dir / "truth_masks_by_slice.npz",
+        **{f"{uid}/{name}": mask for uid, masks in slice_masks.items() for name, mask in masks.items()},
+    )
     return truth
 
 
 def _remove_previous_phantom(out_dir: Path) -> None:
     """Delete what an earlier phantom wrote in this folder (its series folders and truth files, nothing else), so
     that regenerating with other options leaves no stale series behind."""
-    for path in [*out_dir.glob("series-*-*/IM-*.dcm"), out_dir / "truth.json", out_dir / "truth_masks.npz"]:
+    truth_files = [out_dir / name for name in ("truth.json", "truth_masks.npz", "truth_masks_by_slice.npz")]
+    for path in [*out_dir.glob("series-*-*/IM-*.dcm"), *truth_files]:
         path.unlink(missing_ok=True)
     for folder in out_dir.glob("series-*-*"):
         if folder.is_dir() and not any(folder.iterdir()):
