@@ -205,6 +205,8 @@ def test_tokens_and_sessions_log_in_and_pages_need_a_login(base_url, client, api
         worklist = browser.get("/")
         assert worklist.status_code == 200 and "LOW PSOAS MASS" in worklist.text and study.accession in worklist.text
         assert browser.get("/api/me").json()["username"] == USER  # the session cookie works for the API too
+        audit_page = browser.get("/audit").text
+        assert "login_failed" in audit_page and "token_created" in audit_page and "view_worklist" in audit_page
         reviewed = browser.post(f"/studies/{study.study_uid}/review", data={"decision": "rejected", "reason": ""})
         assert reviewed.status_code == 400 and "needs a reason" in reviewed.text
         browser.post("/logout")

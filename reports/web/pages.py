@@ -164,6 +164,14 @@ def study_page(request: Request, study_uid: str) -> Response:
     return _study_page(request, _page_user(request), study_uid)
 
 
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request) -> Response:
+    user = _page_user(request)
+    with session_scope(request.app.state.engine) as session:
+        events = audit_events(session, None, 500)
+    return templates.TemplateResponse(request, "audit.html", {"user": user, "events": events})
+
+
 @router.post("/studies/{study_uid}/review", response_class=HTMLResponse)
 def review_form(
     request: Request, study_uid: str, decision: Annotated[str, Form()], reason: Annotated[str, Form()] = ""
