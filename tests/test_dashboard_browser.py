@@ -3,7 +3,6 @@ find the flagged study, open it, see the key image, confirm the review. The scre
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -29,7 +28,6 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 def browser(tmp_path: Path):  # type: ignore[no-untyped-def]
     if not (Path(CHROMIUM).exists() and shutil.which(CHROMEDRIVER)):
         pytest.fail("Debian's chromium and chromium-driver are needed: `make system-deps` installs them")
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let selenium try to download a browser or driver
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
