@@ -113,3 +113,51 @@ def test_an_axial_stack_that_misses_the_top_of_l4_is_l4_not_covered(tmp_path: Pa
     result = analyze_paths([folder], 0.79).result
     assert (result["status"], result["reason"]) == ("not_measurable", "l4_not_covered")
     assert result["level"] is not None
+
+
+PHANTOM_SEEDS = (1, 2, 3, 4, 5, 6)
+
+
+@pytest.fixture(scope="module")
+def phantom_studies(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, dict]]:
+    from workers.phantom.study import generate_study
+
+    root = tmp_path_factory.mktemp("phantoms")
+    studies = []
+    for seed in PHANTOM_SEEDS:
+        generate_study(seed, root / f"seed-{seed}")
+        studies.append((root / f"seed-{seed}", json.loads((root / f"seed-{seed}" / "truth.json").read_text())))
+    return studies
+
+
+def test_on_phantoms_a_result_on_a_wrong_slice_is_never_ok(
+    phantom_studies: list[tuple[Path, dict]],
+) -> None:
+    rows = []
+    for folder, truth in phantom_studies:
+        result = analyze_paths([folder], 0.79).result
+        chosen = (result["slice"] or {}).get("sop_instance_uid")
+        rows.append((truth["seed"], result["status"], result["reason"], chosen in truth["acceptable_sop_instance_uids"],
+                     chosen == truth["reference_sop_instance_uid"]))
+    print("\nseed status          reason                  acceptable reference")
+    for row in rows:
+        print(f"{row[0]:4d} {row[1]:15s} {str(row[2]):23s} {row[3]!s:10s} {row[4]}")
+    # Level finding on these phantoms is not yet reliable (see the benchmark); what must hold regardless is that a
+    # result on a slice other than the acceptable ones is never reported as ok.
+    assert all(row[3] for row in rows if row[1] == "ok"), "an ok result on a wrong slice"
+    assert all(row[1] != "ok" or row[2] is None for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [({"pixel_spacing": False}, "no_pixel_spacing"), ({"axial_t2": False}, "no_axial_t2")],
+)
+def test_a_phantom_that_cannot_be_measured_gets_the_reason_its_truth_expects(
+    tmp_path: Path, options: dict, reason: str
+) -> None:
+    from workers.phantom.study import PhantomOptions, generate_study
+
+    truth = generate_study(7, tmp_path, PhantomOptions(**options))
+    assert truth.expected_reason == reason
+    result = analyze_paths([tmp_path], 0.79).result
+    assert (result["status"], result["reason"]) == ("not_measurable", reason)
