@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import multiprocessing
 import resource
@@ -24,7 +25,13 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from workers.analysis.geometry import PATIENT_LEFT, PATIENT_POSTERIOR, angle_between_degrees, slice_geometry, unit
+from workers.analysis.geometry import (
+    PATIENT_LEFT,
+    PATIENT_POSTERIOR,
+    angle_between_degrees,
+    slice_geometry,
+    unit,
+)
 from workers.analysis.segmentation import segment_slice
 from workers.pipeline import analyze_paths
 
@@ -98,8 +105,20 @@ def _generate(job: tuple[int, bool, str]) -> None:
     generate_study(seed, Path(folder), PhantomOptions(hard=hard))
 
 
+def generator_version() -> str:
+    """A hash of the phantom generator's source: the cache keeps one folder per version, so a changed generator
+    never mixes old studies into a new benchmark."""
+    import workers.phantom
+
+    digest = hashlib.sha256()
+    for source in sorted(Path(workers.phantom.__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def phantom_folders(studies: int, hard_share: float, cache: Path) -> list[tuple[int, bool, Path]]:
     """Seeds FIRST_SEED.. with every n-th study hard; generated in a child process where missing."""
+    cache = cache / generator_version()
     every = max(1, round(1 / hard_share)) if hard_share > 0 else 0
     jobs = []
     for index in range(studies):
@@ -216,8 +235,8 @@ def report(outcomes: list[PhantomOutcome], real: list[dict[str, Any]]) -> None:
         ("confident-wrong (ok but wrong slice, not measurable, or PLVI off > 0.1)",
          f"{sum(o.confident_wrong for o in outcomes)} (seeds {[o.seed for o in outcomes if o.confident_wrong][:10]})"),
         ("time per study, median CPU / wall (s)",
-         f"{statistics.median(o.cpu_seconds for o in outcomes):.2f} / "
-         f"{statistics.median(o.wall_seconds for o in outcomes):.2f}"),
+         (f"{statistics.median(o.cpu_seconds for o in outcomes):.2f} / "
+         f"{statistics.median(o.wall_seconds for o in outcomes):.2f}")),
         ("peak memory of the analysis process (MB)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"),
     ]
     width = max(len(name) for name, _ in rows)
@@ -231,7 +250,7 @@ def report(outcomes: list[PhantomOutcome], real: list[dict[str, Any]]) -> None:
     print("  reasons when not ok: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
     print("\nreal cases")
     for row in real:
-        print(f"  {row['case']:<16} {row['status']:<15} {str(row['reason']):<22} {row['seconds']:5.2f} s  {row['note']}")
+        print(f"  {row['case']:<16} {row['status']:<15} {row['reason']!s:<22} {row['seconds']:5.2f} s  {row['note']}")
 
 
 def main(argv: list[str] | None = None) -> int:
