@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections.abc import Mapping
+
 import numpy as np
 import scipy.fft
+
+Signals = Mapping[str, float]  # tissue name -> signal for one sequence (`tissue_signals`)
 
 # tissue: (proton density relative to CSF, T1 ms, T2 ms)
 TISSUES: dict[str, tuple[float, float, float]] = {

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from workers.phantom.anatomy import Anatomy
+from workers.phantom.mri import Signals
 from workers.phantom.points import Points
 from workers.phantom.shapes import bounded_capsule, texture
-
-Signals = Mapping[str, float]
 
 SQUIRCLE = np.float32(0.45)  # vertebral endplates are boxier than ellipses (see `_endplates`)
 
