@@ -141,7 +141,7 @@ def test_on_phantoms_a_result_on_a_wrong_slice_is_never_ok(
                      chosen == truth["reference_sop_instance_uid"]))
     print("\nseed status          reason                  acceptable reference")
     for row in rows:
-        print(f"{row[0]:4d} {row[1]:15s} {str(row[2]):23s} {row[3]!s:10s} {row[4]}")
+        print(f"{row[0]:4d} {row[1]:15s} {row[2]!s:23s} {row[3]!s:10s} {row[4]}")
     # Level finding on these phantoms is not yet reliable (see the benchmark); what must hold regardless is that a
     # result on a slice other than the acceptable ones is never reported as ok.
     assert all(row[3] for row in rows if row[1] == "ok"), "an ok result on a wrong slice"
