@@ -273,11 +273,11 @@ def sample_anatomy(
     )
 
     l4 = next(v for v in vertebrae if v.name == "L4")
-    vertebral_area = 3.3 * l4.half_width * l4.half_depth  # superellipse (p = 2.4) area, mm2
+    vertebral_area = 3.3 * l4.half_width * l4.half_depth  # about the area of the squircle endplate, mm2
     asymmetry = rng.normal(0.0, 0.05 * spread)
     if hard and rng.random() < 0.1:  # one-sided atrophy (old hip surgery, radiculopathy)
         asymmetry = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.35))
-    psoas_l4 = 0.5 * target_plvi * vertebral_area * 1.08  # the vertebra trims about 8 % of the ellipse
+    psoas_l4 = 0.5 * target_plvi * vertebral_area * 1.08  # a first guess; study._calibrate_psoas makes it exact
     profiles = [
         _psoas_profile(rng, vertebrae, psoas_l4 * (1 + asymmetry), fat_fraction),
         _psoas_profile(rng, vertebrae, psoas_l4 * (1 - asymmetry), fat_fraction),
