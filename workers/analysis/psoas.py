@@ -42,6 +42,9 @@ ZONE_POSTERIOR_MM = 5
 
 MARGIN = 8
 
+MIN_MUSCLE_MM2 = 50
+"""Less than this is no psoas at all (the quality gate's plausible range starts at 200 mm2)."""
+
 FAT_POCKET_MM2 = 200
 
 FAT_BAY_SHARE = 0.3
@@ -125,6 +128,8 @@ def _find_one(smooth: np.ndarray, sharp: np.ndarray, body: np.ndarray, vertebra:
     muscle = refined & muscle_like
     muscle = _fill_fatty_bays(muscle, smooth >= half_way, ndi.binary_dilation(vertebra, disk(3)))
     muscle &= ~vertebra
+    if muscle.sum() < MIN_MUSCLE_MM2:
+        return PsoasFinding(empty, 0.0, {"found": 0.0})
     confidence, evidence = _evidence(muscle, smooth, vertebra, muscle_level, fat_level)
     empty[window] = muscle
     return PsoasFinding(empty, confidence, evidence)

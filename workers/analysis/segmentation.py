@@ -7,9 +7,12 @@ is written in millimetres, corrected for the receive-coil bias field, and then:
 1. the vertebral body is found as the round, homogeneous region near the midline flanked by dark muscle on both
    sides (vertebra.py); pedicles and posterior elements are cut off by an opening wider than a pedicle;
 2. each psoas is grown from a seed just lateral to the body as the dark (muscle) region there, split from the
-   vessels, bowel and quadratus lumborum it touches, with holes filled so intramuscular fat counts (psoas.py).
+   vessels, bowel and quadratus lumborum it touches, with holes filled so intramuscular fat counts (psoas.py);
+3. both outlines are then placed between pixels, ray by ray, half-way between the structure and whatever lies
+   beyond it (outline.py).
 
-Every step records its evidence; ``confidence`` summarises it so the quality gate can refuse doubtful cases.
+Every step records its evidence (0..1 terms in ``evidence``); ``confidence`` is the weakest structure's
+confidence times the consistency of the three outlines, so the quality gate can refuse doubtful cases.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
+from skimage.transform import resize
 
 from workers.analysis.evidence import ramp
 from workers.analysis.psoas import find_psoas
@@ -131,8 +135,9 @@ def segment_slice(
     view = canonical_view(patient_left, patient_anterior)
     canonical = view.forward(np.nan_to_num(pixels.astype(np.float64)))
     canonical_spacing = spacing[::-1] if view.transpose else spacing
-    zoom = canonical_spacing / WORK_SPACING_MM
-    work = ndi.zoom(canonical, zoom, order=1, grid_mode=True, mode="nearest")
+    work_shape = tuple(max(int(round(size * step / WORK_SPACING_MM)), 16)
+                       for size, step in zip(canonical.shape, canonical_spacing))
+    work = resize(canonical, work_shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True)
 
     corrected, body = correct_bias(work)
     empty = np.zeros(pixels.shape, dtype=bool)
@@ -153,12 +158,8 @@ def segment_slice(
     evidence["confidence"] = confidence
 
     def to_input_grid(mask: np.ndarray) -> np.ndarray:
-        back = ndi.zoom(mask.astype(np.float32), 1.0 / zoom, order=1, grid_mode=True, mode="nearest")
-        canonical_shape = canonical.shape
-        fitted = np.zeros(canonical_shape, dtype=bool)
-        rows, columns = min(back.shape[0], canonical_shape[0]), min(back.shape[1], canonical_shape[1])
-        fitted[:rows, :columns] = back[:rows, :columns] >= 0.5
-        return view.backward(fitted)
+        back = resize(mask.astype(np.float32), canonical.shape, order=1, mode="edge", anti_aliasing=False)
+        return view.backward(back >= 0.5)
 
     return SliceSegmentation(
         psoas_left=to_input_grid(psoas_left.mask),
