@@ -112,10 +112,18 @@ def _refuse(analysis: StudyAnalysis, reason: str, **details: str) -> StudyAnalys
 
 
 def _sorted_stack(series: SeriesHeader) -> list[InstanceHeader]:
-    """The series' images sorted along their normal (patient geometry, not instance numbers)."""
-    instances = [i for i in series.instances if i.position and i.orientation and i.pixel_spacing]
-    normal = slice_normal(instances[0].orientation)
-    return sorted(instances, key=lambda i: position_along(i.position, normal))
+    """The series' largest stack of like images (same size, same orientation), one per position, sorted along its
+    normal: patient geometry decides the order, never instance numbers."""
+    stacks: dict[tuple, list[InstanceHeader]] = {}
+    for instance in series.instances:
+        if instance.position and instance.orientation and instance.pixel_spacing:
+            key = (instance.rows, instance.columns, tuple(round(v, 3) for v in instance.orientation))
+            stacks.setdefault(key, []).append(instance)
+    if not stacks:
+        return []
+    by_position = {tuple(round(v, 1) for v in i.position): i for i in max(stacks.values(), key=len)}  # type: ignore[union-attr]
+    normal = slice_normal(next(iter(by_position.values())).orientation)  # type: ignore[arg-type]
+    return sorted(by_position.values(), key=lambda i: position_along(i.position, normal))  # type: ignore[arg-type]
 
 
 def _find_level(series: SeriesHeader) -> LevelFinding:
