@@ -37,18 +37,11 @@ class SlicePlane:
             + self.column_direction * (self.rows - 1) / 2 * self.pixel_spacing[0]
         )
 
-    def pixel_centres(self, offset_mm: float = 0.0, subdivide: int = 1) -> np.ndarray:
-        """LPS points (rows*subdivide, columns*subdivide, 3) of the pixel centres, or of sub-pixel centres."""
-        first = (1.0 / subdivide - 1.0) / 2.0  # sub-pixel centres around each pixel centre
-        r = (np.arange(self.rows * subdivide) / subdivide + first)[:, None, None] * self.pixel_spacing[0]
-        c = (np.arange(self.columns * subdivide) / subdivide + first)[None, :, None] * self.pixel_spacing[1]
-        return (
-            self.position + self.normal * offset_mm + r * self.column_direction + c * self.row_direction
-        ).astype(np.float64)
-
-    def project(self, point: np.ndarray) -> np.ndarray:
-        """The foot of the perpendicular from `point` onto this plane."""
-        return point - np.dot(point - self.position, self.normal) * self.normal
+    def pixel_centres(self) -> np.ndarray:
+        """LPS points (rows, columns, 3) of the pixel centres."""
+        r = np.arange(self.rows)[:, None, None] * self.pixel_spacing[0]
+        c = np.arange(self.columns)[None, :, None] * self.pixel_spacing[1]
+        return self.position + r * self.column_direction + c * self.row_direction
 
 
 def _orthonormal(normal: np.ndarray, row_hint: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
