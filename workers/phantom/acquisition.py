@@ -105,19 +105,7 @@ def _upsample(image: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndar
 
 
 def _smooth_on_plane(field, plane: SlicePlane, step: int = 8) -> np.ndarray:
-    """A smooth field of LPS points evaluated on every `step`-th pixel and interpolated bilinearly."""
-    coarse = replace(
-        plane,
-        rows=(plane.rows - 1) // step + 2,
-        columns=(plane.columns - 1) // step + 2,
-        pixel_spacing=(step * plane.pixel_spacing[0], step * plane.pixel_spacing[1]),
-    )
+    """A smooth field of LPS points evaluated on blocks of `step` x `step` pixels and interpolated bilinearly."""
+    coarse = _reduced(plane, step)
     values = field(coarse.pixel_centres().reshape(-1, 3)).reshape(coarse.rows, coarse.columns)
-    rows = np.arange(plane.rows) / step
-    columns = np.arange(plane.columns) / step
-    r0, c0 = rows.astype(int), columns.astype(int)
-    fr = (rows - r0).astype(np.float32)[:, None]
-    fc = (columns - c0).astype(np.float32)[None, :]
-    top = values[r0][:, c0] * (1 - fc) + values[r0][:, c0 + 1] * fc
-    bottom = values[r0 + 1][:, c0] * (1 - fc) + values[r0 + 1][:, c0 + 1] * fc
-    return (top * (1 - fr) + bottom * fr).astype(np.float32)
+    return _upsample(values.astype(np.float32), (plane.rows, plane.columns), step)
