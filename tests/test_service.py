@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,71 +22,17 @@ from plvi.settings import Settings
 from tests.conftest import free_port
 from tests.dicom_factory import data_set_bytes, write_mr_study
 from tests.peers.dcmtk import echoscu, storescu
-from tests.peers.processes import stop_process, wait_for_port
 from tests.peers.redis import run_redis
-from tests.test_queue import wait_for
+from tests.serve_process import Serve, process_gone, wait_for
 
 SERIES, INSTANCES_PER_SERIES = 3, 4
-
-
-class Serve:
-    """One `plvi serve` process tree, started from the command line with its configuration in PLVI_ variables."""
-
-    def __init__(self, work_dir: Path, database_url: str, **variables: object) -> None:
-        self.work_dir = work_dir
-        self.port = free_port()
-        self.environment = {
-            **os.environ,
-            "PLVI_DATA_DIR": str(work_dir / "var"),
-            "PLVI_DATABASE_URL": database_url,
-            "PLVI_PORT": str(self.port),
-            "PLVI_HTTP_PORT": str(free_port()),
-            "PLVI_FREE_SPACE_RESERVE_MB": "0",
-            "PLVI_SETTLE_SECONDS": "1",
-            "PLVI_TRACKER_INTERVAL_SECONDS": "0.2",
-            "PLVI_SERVE_WORKERS": "1",
-            **{f"PLVI_{name.upper()}": str(value) for name, value in variables.items()},
-        }
-        self.process: subprocess.Popen | None = None
-        self.output_path = work_dir / "serve.log"
-
-    def start(self, **variables: object) -> None:
-        environment = self.environment | {
-            f"PLVI_{name.upper()}": str(value) for name, value in variables.items()
-        }
-        with self.output_path.open("ab") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from plvi.cli import app; app()", "serve"],
-                cwd=self.work_dir,  # no plvi.env from elsewhere
-                env=environment,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for_port(self.port, self.process, timeout=60)
-
-    def children(self) -> list[int]:
-        assert self.process is not None
-        task_dir = Path(f"/proc/{self.process.pid}/task")
-        return [int(pid) for task in task_dir.iterdir() for pid in (task / "children").read_text().split()]
-
-    def output(self) -> str:
-        return self.output_path.read_text(errors="replace")
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")  # exited; a zombie waits only for its (dead) parent's reaper
 
 
 @pytest.fixture
 def serve(tmp_path: Path, database_url: str) -> Iterator[Serve]:
     service = Serve(tmp_path, database_url)
     yield service
-    if service.process is not None:
-        stop_process(service.process, timeout=60)
+    service.stop()
 
 
 @pytest.fixture
@@ -133,6 +77,7 @@ def assert_recorded_once(engine: Engine, study_files: list[Path]) -> None:
     assert message.key.startswith(f"analyze_study:{study_uid}:")
     wait_for(lambda: outbox_rows(engine)[0].state == "done", timeout=10, what="the outbox row marked done")
     assert analysis.study_instance_uid == study_uid
+    assert (analysis.status, analysis.reason) == ("not_measurable", "no_sagittal")  # axial images only
     assert [s["instances"] for s in analysis.result["series"]] == [INSTANCES_PER_SERIES] * SERIES
     with Session(engine) as session:
         assert session.exec(select(Study)).one().state == "settled"
@@ -150,7 +95,7 @@ def test_serve_stores_a_multi_series_study_and_queues_it_once_after_it_settles(
 
     for path in study_files:
         sent = pydicom.dcmread(path, stop_before_pixels=True)
-        stored = Path(serve.environment["PLVI_DATA_DIR"], "spool", sent.StudyInstanceUID, sent.SeriesInstanceUID,
+        stored = Path(serve.data_dir, "spool", sent.StudyInstanceUID, sent.SeriesInstanceUID,
                       f"{sent.SOPInstanceUID}.dcm")  # fmt: skip
         assert data_set_bytes(stored) == data_set_bytes(path)  # what travelled, byte for byte
     assert count(engine, Instance) == len(study_files)
@@ -220,7 +165,7 @@ def test_analysis_the_embedded_queue_lost_is_published_again_when_serve_restarts
     serve.process.kill()
     serve.process.wait()
     # What a worker killed mid-task leaves behind: the message gone from the queue, no analysis.
-    for path in Path(serve.environment["PLVI_DATA_DIR"]).glob("broker.db*"):
+    for path in serve.data_dir.glob("broker.db*"):
         path.unlink()
 
     serve.start(serve_workers=1)
