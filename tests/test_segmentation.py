@@ -68,6 +68,38 @@ def test_psoas_masks_overlap_the_musclemap_labels_on_l4_slices(instance: int) ->
     assert seg.confidence > 0.0
 
 
+@pytest.mark.skipif(not MUSCLEMAP.is_dir(), reason="real data folder not present")
+def test_left_and_right_follow_the_patient_not_the_image() -> None:
+    """The same slice stored mirrored (patient left at the image left) gives the same masks, mirrored."""
+    dataset = pydicom.dcmread(MUSCLEMAP / "dicom" / "IM-0001-0016.dcm")
+    spacing = tuple(dataset.PixelSpacing)
+    usual = segment_slice(dataset.pixel_array, spacing, **USUAL_AXIAL)
+    mirrored = segment_slice(dataset.pixel_array[:, ::-1], spacing, patient_left=(0.0, -1.0),
+                             patient_anterior=(-1.0, 0.0))
+    assert usual.psoas_left.any() and usual.psoas_right.any()
+    assert dice(mirrored.psoas_left[:, ::-1], usual.psoas_left) > 0.95
+    assert dice(mirrored.psoas_right[:, ::-1], usual.psoas_right) > 0.95
+    # The patient's left psoas lies at the image right in the usual orientation.
+    assert np.nonzero(usual.psoas_left)[1].mean() > np.nonzero(usual.psoas_right)[1].mean()
+
+
+@pytest.mark.skipif(not MUSCLEMAP.is_dir(), reason="real data folder not present")
+@pytest.mark.parametrize("view", ["crop", "transposed", "anisotropic"])
+def test_odd_views_of_a_real_slice_segment_without_error(view: str) -> None:
+    """Crops that cut the anatomy, transposed storage and unequal pixel spacing: a result, never an exception."""
+    pixels = pydicom.dcmread(MUSCLEMAP / "dicom" / "IM-0001-0017.dcm").pixel_array
+    if view == "crop":
+        seg = segment_slice(pixels[60:180, 40:150], (0.9375, 0.9375), **USUAL_AXIAL)
+    elif view == "transposed":
+        seg = segment_slice(pixels.T, (0.9375, 0.9375), patient_left=(1.0, 0.0), patient_anterior=(0.0, -1.0))
+        usual = segment_slice(pixels, (0.9375, 0.9375), **USUAL_AXIAL)
+        assert dice(seg.psoas_left.T, usual.psoas_left) > 0.95
+    else:
+        seg = segment_slice(pixels[:, ::2], (0.9375, 1.875), **USUAL_AXIAL)
+        assert seg.psoas_left.any() and seg.vertebra.any()
+    assert 0.0 <= seg.confidence <= 1.0
+
+
 @pytest.mark.parametrize("image", [
     np.zeros((256, 256), dtype=np.uint16),
     np.random.default_rng(7).rayleigh(20.0, (256, 256)),
