@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ OUTLINE_COLOURS = {"psoas_left": (255, 80, 80), "psoas_right": (80, 160, 255), "
 
 def analyze_command(paths: list[Path], settings: Settings, json_output: bool, out: Path | None) -> int:
     """Run the analysis; 0 when a result object was produced (whatever its status), 2 when the input is unusable."""
+    # highdicom narrates every attribute it copies at INFO; an operator at a terminal needs only the result.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     try:
         analysis = analyze_paths(paths, settings.cutoff)
     except StudyFilesError as error:
