@@ -32,9 +32,9 @@ class WorklistFilter:
 
 
 def _current_analysis_ids():  # type: ignore[no-untyped-def]
-    """The newest analysis of each study that no newer instance set has superseded."""
+    """(study UID, id of its newest analysis that no newer instance set has superseded), one row per study."""
     return (
-        select(func.max(Analysis.id).label("id"))
+        select(Analysis.study_instance_uid.label("study_uid"), func.max(Analysis.id).label("id"))
         .where(Analysis.superseded.is_(False))  # type: ignore[attr-defined]
         .group_by(Analysis.study_instance_uid)
         .subquery()
@@ -44,10 +44,11 @@ def _current_analysis_ids():  # type: ignore[no-untyped-def]
 def worklist(session: Session, flt: WorklistFilter) -> tuple[int, list[dict[str, Any]]]:
     """(total matching, one page of rows): low psoas mass first, then the newest arrivals."""
     current = _current_analysis_ids()
+    # Joined through the grouped subquery (not `IN (...)` per row), so the database builds it once.
     query = (
         select(Study, Analysis)
-        .outerjoin(Analysis, (Analysis.study_instance_uid == Study.study_instance_uid)  # type: ignore[arg-type]
-                   & Analysis.id.in_(select(current.c.id)))  # type: ignore[union-attr]
+        .outerjoin(current, current.c.study_uid == Study.study_instance_uid)
+        .outerjoin(Analysis, Analysis.id == current.c.id)  # type: ignore[arg-type]
     )
     if flt.low_psoas_mass is not None:
         query = query.where(Analysis.low_psoas_mass.is_(flt.low_psoas_mass))  # type: ignore[union-attr]
