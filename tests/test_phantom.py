@@ -91,7 +91,9 @@ def uncovered_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTr
 @pytest.fixture(scope="module")
 def hard_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[PhantomTruth, Path]:
     folder = tmp_path_factory.mktemp("hard")
-    options = PhantomOptions(hard=True, vendor="philips", pixel_spacing=True, cover_l4=True, axial_layout="stack")
+    options = PhantomOptions(
+        hard=True, vendor="philips", pixel_spacing=True, cover_l4=True, axial_layout="stack", derived_series=True
+    )
     return generate_study(14, folder, options), folder
 
 
@@ -302,6 +304,17 @@ def test_hard_studies_are_still_measurable_with_a_reference_and_stated_difficult
     assert truth.reference is not None and 0.2 < truth.plvi < 2.0
     written = json.loads((folder / "truth.json").read_text())
     assert written["hard"] is True and written["reference_rule"]
+
+
+def test_a_derived_reformat_repeats_the_axial_positions_in_its_own_series(hard_study) -> None:
+    truth, folder = hard_study
+    derived_uid = next(s.series_instance_uid for s in truth.series if s.role == "axial_t2_derived")
+    series = _read_series(folder)
+    derived = series[derived_uid]
+    assert all(ds.ImageType[0] == "DERIVED" for ds in derived)
+    axial = _axial(truth, folder)
+    assert {tuple(ds.ImagePositionPatient) for ds in derived} == {tuple(ds.ImagePositionPatient) for ds in axial}
+    assert not {ds.SOPInstanceUID for ds in derived} & {s.sop_instance_uid for s in truth.slices}
 
 
 def test_command_line_writes_one_study_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -6,10 +6,12 @@ Frame of Reference, General Equipment, General Image, Image Plane, Image Pixel, 
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
@@ -51,6 +53,7 @@ VENDORS: dict[str, Vendor] = {
             "sagittal_t2": "t2_tse_sag",
             "sagittal_t1": "t1_tse_sag",
             "axial_t2": "t2_tse_tra",
+            "axial_t2_derived": "t2_tse_tra_MPR",
         },
         ("SK", "SP", "OSP"),
         ("PFP", "SAT1"),
@@ -69,6 +72,7 @@ VENDORS: dict[str, Vendor] = {
             "sagittal_t2": "SAG T2 FSE",
             "sagittal_t1": "SAG T1 FSE",
             "axial_t2": "AX T2 FSE",
+            "axial_t2_derived": "AX T2 FSE REFORMAT",
         },
         ("SK", "OSP"),
         ("FAST_GEMS", "SAT_GEMS"),
@@ -87,6 +91,7 @@ VENDORS: dict[str, Vendor] = {
             "sagittal_t2": "T2W_TSE_SAG",
             "sagittal_t1": "T1W_TSE_SAG",
             "axial_t2": "T2W_TSE",
+            "axial_t2_derived": "MPR T2W_TSE",
         },
         ("SK",),
         ("FS",),
@@ -235,6 +240,21 @@ def mr_dataset(
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
     return ds
+
+
+def derived_copy(ds: Dataset, *, series_uid: str, series_number: int, description: str, sop_uid: str) -> Dataset:
+    """The same slice as a DERIVED\\SECONDARY reformat in its own series (same positions): what a viewer's MPR or
+    a scanner's "composed" series leaves in a study, and what series choice must skip."""
+    copy = deepcopy(ds)
+    copy.ImageType = ["DERIVED", "SECONDARY", "MPR"]
+    copy.DerivationDescription = "multiplanar reformat of the acquired slices"
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    copy.SeriesInstanceUID = series_uid
+    copy.SeriesNumber = str(series_number)
+    copy.SeriesDescription = copy.ProtocolName = description
+    pixels = ndimage.gaussian_filter(ds.pixel_array.astype(np.float32), 0.8)  # resampling blurs a reformat
+    copy.PixelData = np.rint(pixels).astype("<u2").tobytes()
+    return copy
 
 
 def write(ds: Dataset, path: Path) -> None:

@@ -42,6 +42,7 @@ class PhantomOptions:
     misleading_descriptions: bool | None = None
     through_plane_samples: int = 3  # slice-profile samples across the slab (partial volume through plane)
     axial_series_per_stack: bool | None = None  # per-disc stacks written as one series each rather than one series
+    derived_series: bool | None = None  # also a DERIVED reformat of the axial series, same positions (to be skipped)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Draws:
     cover_l4: bool
     pixel_spacing: bool
     axial_series_per_stack: bool
+    derived_series: bool
 
 
 def draw_lumbar_count(rng: np.random.Generator, hard: bool) -> int:
@@ -121,6 +123,9 @@ def draw_acquisition(rng: np.random.Generator, options: PhantomOptions, anatomy:
             options.axial_series_per_stack
             if options.axial_series_per_stack is not None
             else bool(rng.random() < (0.5 if hard else 0.2))
+        ),
+        derived_series=(
+            options.derived_series if options.derived_series is not None else bool(hard and rng.random() < 0.25)
         ),
     )
 

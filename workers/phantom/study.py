@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from workers.phantom import dicom
 from workers.phantom.acquisition import acquire, bias_field
@@ -95,6 +96,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         if role == "axial_t2" and draws.axial_layout == "per_disc" and draws.axial_series_per_stack:
             parts = [[p for p in planes if p.group == group] for group in sorted({p.group for p in planes})]
         serial = 0  # numbers the instances across the parts, for their UIDs
+        written: list[Dataset] = []
         for part_index, part in enumerate(parts):
             split = len(parts) > 1
             part_number = number * 10 + part_index + 1 if split else number
@@ -121,6 +123,7 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
                     write_pixel_spacing=draws.pixel_spacing or role != "axial_t2",
                 )
                 dicom.write(ds, path)
+                written.append(ds)
                 if role == "axial_t2":
                     masks, areas = slice_truth(anatomy, plane, centre_layers)
                     slice_masks[sop_uid] = masks
@@ -142,6 +145,8 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
                         )
                     )
             series_truth.append(SeriesTruth(header.uid, role, part_number, header.description, len(part)))
+        if role == "axial_t2" and draws.derived_series:
+            series_truth.append(_write_derived_series(out_dir, written, draws, identity, max(numbers) + 1))
 
     l4 = anatomy.vertebra("L4")
     endplate_point, endplate_normal = anatomy.upper_endplate("L4")
@@ -175,6 +180,26 @@ def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = No
         **{f"{uid}/{name}": mask for uid, masks in slice_masks.items() for name, mask in masks.items()},
     )
     return truth
+
+
+def _write_derived_series(
+    out_dir: Path, written: list[Dataset], draws: Draws, identity: tuple, number: int
+) -> SeriesTruth:
+    """A DERIVED reformat of the axial series with the same slice positions, in its own series."""
+    role = "axial_t2_derived"
+    description = draws.vendor.descriptions[role]
+    series_uid = dicom.phantom_uid(*identity, role, "series")
+    for instance, ds in enumerate(written, start=1):
+        copy = dicom.derived_copy(
+            ds,
+            series_uid=series_uid,
+            series_number=number,
+            description=description,
+            sop_uid=dicom.phantom_uid(*identity, role, "instance", instance),
+        )
+        copy.InstanceNumber = str(instance)
+        dicom.write(copy, out_dir / f"series-{number:03d}-{role}" / f"IM-{instance:04d}.dcm")
+    return SeriesTruth(series_uid, role, number, description, len(written))
 
 
 def _remove_previous_phantom(out_dir: Path) -> None:
