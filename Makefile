@@ -33,6 +33,12 @@ system-deps:
 run: install
 	$(BIN)/plvi serve
 
+# A synthetic lumbar MRI study with known truth, measured with no server: var/demo/result/ holds the outputs,
+# var/demo/phantom-0001/truth.json the truth to compare with.
+demo: install
+	$(BIN)/python -m workers.phantom var/demo --seeds 1
+	$(BIN)/plvi analyze var/demo/phantom-0001 --out var/demo/result
+
 test: install system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
