@@ -125,7 +125,7 @@ def _find_one(smooth: np.ndarray, sharp: np.ndarray, body: np.ndarray, vertebra:
     # Place the outline between pixels: half-way from muscle to whatever lies beyond, ray by ray.
     refined, _ = refine_star_outline(sharp, muscle, inside_level=muscle_level,
                                      minimum_step=0.25 * (fat_level - muscle_level), max_shift_mm=2.0)
-    muscle = refined & muscle_like
+    muscle = _largest_piece(refined & muscle_like)
     muscle = _fill_fatty_bays(muscle, smooth >= half_way, ndi.binary_dilation(vertebra, disk(3)))
     muscle &= ~vertebra
     if muscle.sum() < MIN_MUSCLE_MM2:
@@ -169,6 +169,16 @@ def _blob_at(mask: np.ndarray, prior: np.ndarray, zone: np.ndarray) -> np.ndarra
             return blob
         members.update(wide)
         blob = np.isin(basins, list(members))
+
+
+def _largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected piece: a psoas is one piece, and crumbs cut off by the refinement are not it."""
+    labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
 
 
 def _fill_fat_pockets(mask: np.ndarray, fatty: np.ndarray) -> np.ndarray:
