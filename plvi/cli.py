@@ -64,7 +64,7 @@ def export(
 @app.command()
 def api() -> None:
     """The HTTP API and dashboard as their own process, on PLVI_HTTP_HOST:PLVI_HTTP_PORT."""
-    from reports.web import run_api
+    from reports.web.api import run_api
 
     configure_logging()
     run_api(load_settings())

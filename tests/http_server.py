@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy.engine import Engine
 
 from plvi.settings import Settings
-from reports.web import start_api
+from reports.web.server import start_api
 
 
 @contextmanager

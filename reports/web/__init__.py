@@ -1,6 +1,4 @@
-"""The HTTP side: JSON API, server-rendered dashboard pages, metrics and health, behind authentication."""
+"""The HTTP side: JSON API, server-rendered dashboard pages, metrics and health, behind authentication.
 
-from reports.web.api import create_app, run_api
-from reports.web.server import ApiServer, start_api
-
-__all__ = ["ApiServer", "create_app", "run_api", "start_api"]
+reports.web.api: create_app(settings, engine), run_api(settings); reports.web.server: start_api(settings, engine).
+Nothing is imported here, so a worker that only stores masks (reports.web.keyimage) does not load the web stack."""
