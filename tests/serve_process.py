@@ -18,7 +18,9 @@ from tests.peers.processes import stop_process, wait_for_port
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float = 30, what: str = "condition", poll: float = 0.1) -> T:
+def wait_for(
+    condition: Callable[[], T], *, timeout: float = 30, what: str = "condition", poll: float = 0.1
+) -> T:
     """Poll `condition` until it returns something truthy, and return that; fail saying `what` was not reached."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):

@@ -44,7 +44,10 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 @pytest.fixture
 def serve(tmp_path: Path, database_url: str, orthanc: Orthanc) -> Iterator[Serve]:
     with running_serve(
-        tmp_path, database_url, pacs=f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", pacs_retry_base_seconds=1
+        tmp_path,
+        database_url,
+        pacs=f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+        pacs_retry_base_seconds=1,
     ) as service:
         yield service
 
@@ -140,19 +143,22 @@ def test_measured_phantom_comes_back_to_the_pacs_as_sr_seg_and_key_image_with_th
     assert evaluations["LOW-PSOAS"] == (codes.YES if analysis.low_psoas_mass else codes.NO).value
     areas = sr_areas(report)
     assert areas == pytest.approx(
-        {key: result[key] for key in ("psoas_left_mm2", "psoas_right_mm2", "vertebra_mm2")}, abs=FLOAT_TOLERANCE
+        {key: result[key] for key in ("psoas_left_mm2", "psoas_right_mm2", "vertebra_mm2")},
+        abs=FLOAT_TOLERANCE,
     )
 
     seg = instance_tags(orthanc, series["SEG"])
     assert [segment["SegmentLabel"] for segment in seg["SegmentSequence"]] == [s.label for s in STRUCTURES]
     [referenced] = seg["ReferencedSeriesSequence"]
     assert referenced["SeriesInstanceUID"] == result["slice"]["series_instance_uid"]
-    assert referenced["ReferencedInstanceSequence"][0]["ReferencedSOPInstanceUID"] == (
-        result["slice"]["sop_instance_uid"]
-    )
+    [source] = referenced["ReferencedInstanceSequence"]
+    assert source["ReferencedSOPInstanceUID"] == result["slice"]["sop_instance_uid"]
 
     for tags in (instance_tags(orthanc, s) for s in series.values()):
-        assert (tags["StudyInstanceUID"], tags["PatientID"]) == (truth.study_instance_uid, phantom_patient(tmp_path))
+        assert (tags["StudyInstanceUID"], tags["PatientID"]) == (
+            truth.study_instance_uid,
+            phantom_patient(tmp_path),
+        )
 
 
 def test_study_without_an_axial_t2_still_reaches_the_pacs_as_an_sr_saying_why_and_a_key_image(
@@ -170,7 +176,10 @@ def test_study_without_an_axial_t2_still_reaches_the_pacs_as_an_sr_saying_why_an
     assert (evaluations["STATUS"], evaluations["STATUS-REASON"]) == ("not_measurable", "no_axial_t2")
     assert "LOW-PSOAS" not in evaluations
     for tags in (instance_tags(orthanc, s) for s in series.values()):
-        assert (tags["StudyInstanceUID"], tags["PatientID"]) == (truth.study_instance_uid, phantom_patient(tmp_path))
+        assert (tags["StudyInstanceUID"], tags["PatientID"]) == (
+            truth.study_instance_uid,
+            phantom_patient(tmp_path),
+        )
 
 
 def phantom_patient(tmp_path: Path) -> str:

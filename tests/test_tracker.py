@@ -35,7 +35,13 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def instance_record(
-    settings: Settings, sop_uid: str, *, at: datetime, study_uid: str = STUDY, series: str = "1", content: str = ""
+    settings: Settings,
+    sop_uid: str,
+    *,
+    at: datetime,
+    study_uid: str = STUDY,
+    series: str = "1",
+    content: str = "",
 ) -> InstanceRecord:
     """Spool a small MR image with these UIDs where the listener would put it, and describe it as the listener does.
 
