@@ -8,9 +8,10 @@ Method, on a 1 mm grid resampled in each sagittal slab with rows running caudall
 3. The vertebral column is the band of columns whose edge profile repeats at a vertebral pitch (25-50 mm), measured
    by autocorrelation in 100 mm windows and followed by dynamic programming as the lordosis bends it. Along it the
    peaks of the edge response are the disc spaces.
-4. Counting up from the sacrum: the lowest disc space with a vertebral body's height of image below it is L5-S1
-   (lower edges are the sacrum's surfaces or the pelvis where the column leaves the bone). The second disc above it
-   is L3-L4, and the L4 upper endplate is the caudal surface of that disc.
+4. Counting up from the sacrum: disc spaces need a vertebral body's height of image below them; the lowest may
+   still be a sacral segment junction (S1-S2 in young adults), fainter or flatter than L5-S1, the most inclined
+   disc of a supine patient. The second disc above L5-S1 is L3-L4, and the L4 upper endplate is the caudal
+   surface of that disc.
 Transitional anatomy (six lumbar vertebrae, a sacralised L5) cannot be told apart without seeing the ribs, so the
 count reported is what was seen from the sacrum upwards, capped at five, and the confidence says how clear the
 counting was: the pipeline sends any level below its confidence threshold to review.
@@ -225,6 +226,9 @@ EDGE_MARGIN_MM = 6.0  # disc candidates closer than this to the top of the field
 MIN_DISC_PROMINENCE = 0.06
 CAUDAL_SURFACE_REACH_MM = 13.0  # the merged edge peak may sit on a disc's cranial surface, a disc height above
 BODY_BELOW_MM = 16.0  # image needed below a disc space to see the vertebral body that makes it one
+SACRAL_JUNCTION_PROMINENCE = 0.5  # a lowest candidate fainter than this share of the median is a sacral junction
+SET_ASIDE_CONFIDENCE = 0.8  # what setting a faint lowest candidate aside costs the count's confidence
+INCLINATION_PER_PROMINENCE = 10.0  # degrees of inclination worth the full prominence of a disc, when telling L5-S1
 
 
 def _midline(grid: SagittalGrid) -> tuple[int, np.ndarray, np.ndarray]:
@@ -273,6 +277,18 @@ def _disc_tilt(image: np.ndarray, path: np.ndarray, row: int) -> float:
     return float(-np.degrees(gradient_angle))
 
 
+def _inclination(tilted: np.ndarray, path: np.ndarray, row: int) -> float:
+    """How inclined the disc at a row is (degrees, unsigned): the median of the per-pixel best tilts around the
+    column plus half the best tilt of the mean response there. Two coarse estimates (10-degree steps) that fail in
+    different ways (crossing edges, the canal) are steadier together than either alone."""
+    half = int(BODY_HALF_WIDTH_MM / GRID_MM)
+    centre = round(path[row])
+    box = tilted[:, max(0, row - 3) : row + 4, max(0, centre - half) : centre + half + 1]
+    per_pixel = np.asarray(TILTS_DEGREES, dtype=float)[np.argmax(box, axis=0)]
+    of_mean = TILTS_DEGREES[int(np.argmax(box.reshape(len(TILTS_DEGREES), -1).mean(axis=1)))]
+    return float(abs(np.median(per_pixel)) + 0.5 * abs(of_mean))
+
+
 def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> LevelFinding:
     """Label the lumbar discs from the sacrum upwards and return the L4 upper endplate as a plane in patient mm."""
     grid = resample_sagittal(volume, geometry)
@@ -292,9 +308,30 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
         & (peaks >= EDGE_MARGIN_MM / GRID_MM)
         & (peaks <= n_rows - 1 - BODY_BELOW_MM / GRID_MM)
     )
-    discs = [int(row) for row in peaks[keep]]
-    prominence = list(prominence[keep])
-    evidence: dict[str, float] = {"slab": float(slab), "discs_found": float(len(discs))}
+    candidates = [int(row) for row in peaks[keep]]
+    strengths = list(prominence[keep])
+    # Below L5-S1 the sacrum may still show a segment junction (S1-S2 in young adults): usually fainter than the
+    # discs above, or flatter than L5-S1, the most inclined disc of a supine patient (the sacral slope). A faint
+    # lowest candidate is set aside; of the two lowest left, L5-S1 is the more inclined and distinct one.
+    end = len(candidates)
+    set_aside = end >= 4 and strengths[-1] < SACRAL_JUNCTION_PROMINENCE * float(np.median(strengths[:-1]))
+    if set_aside:
+        end -= 1  # a faint L5-S1 (seen on real scans) would be lost here, so the confidence pays for it below
+    scores = {
+        i: _inclination(tilted, path, candidates[i]) + INCLINATION_PER_PROMINENCE * strengths[i]
+        for i in range(max(0, end - 2), end)
+    }
+    ranked = sorted(scores, key=lambda i: (scores[i], i), reverse=True)
+    l5_s1_index = ranked[0] if ranked else -1
+    # How clearly L5-S1 stood out from the other low candidate, in units of one 10-degree tilt step.
+    distinctness = min(1.0, (scores[ranked[0]] - scores[ranked[1]]) / 10.0) if len(ranked) > 1 else 1.0
+    discs = candidates[: l5_s1_index + 1]
+    prominence = strengths[: l5_s1_index + 1]
+    evidence: dict[str, float] = {
+        "slab": float(slab),
+        "discs_found": float(len(discs)),
+        "candidates_below_l5_s1": float(len(candidates) - len(discs)),
+    }
     if len(discs) < 3:
         return LevelFinding(None, None, 0.0, "l4_not_found", evidence)
 
@@ -310,12 +347,13 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
 
     # The weakest of the three lowest disc spaces: one faint disc is enough to make the count doubtful.
     clarity = float(np.min(prominence[-3:]))
-    confidence = clarity * (1.0 if regular else 0.5)
+    confidence = clarity * (1.0 if regular else 0.5) * distinctness * (SET_ASIDE_CONFIDENCE if set_aside else 1.0)
     evidence.update(
         {
             "pitch_min_mm": float(pitches.min()),
             "pitch_max_mm": float(pitches.max()),
             "disc_clarity": round(clarity, 3),
+            "l5_s1_distinctness": round(distinctness, 3),
             "endplate_tilt_degrees": round(float(np.degrees(endplate_tilt)), 1),
         }
     )
