@@ -142,8 +142,9 @@ def test_on_phantoms_a_result_on_a_wrong_slice_is_never_ok(
     print("\nseed status          reason                  acceptable reference")
     for row in rows:
         print(f"{row[0]:4d} {row[1]:15s} {row[2]!s:23s} {row[3]!s:10s} {row[4]}")
-    # Level finding on these phantoms is not yet reliable (see the benchmark); what must hold regardless is that a
-    # result on a slice other than the acceptable ones is never reported as ok.
+    # Level finding on these phantoms is not yet reliable enough (see the benchmark): at least half must land on an
+    # acceptable slice, and a result on any other slice must never be reported as ok.
+    assert sum(row[3] for row in rows) >= len(rows) / 2
     assert all(row[3] for row in rows if row[1] == "ok"), "an ok result on a wrong slice"
     assert all(row[1] != "ok" or row[2] is None for row in rows)
 
