@@ -292,6 +292,8 @@ def _inclination(tilted: np.ndarray, path: np.ndarray, row: int) -> float:
 def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> LevelFinding:
     """Label the lumbar discs from the sacrum upwards and return the L4 upper endplate as a plane in patient mm."""
     grid = resample_sagittal(volume, geometry)
+    if not np.any(grid.images):
+        return LevelFinding(None, None, 0.0, "l4_not_found", {"discs_found": 0.0})
     slab, tilted, midline_image = _midline(grid)
     response, _ = endplate_response(tilted)
     n_rows = response.shape[0]
