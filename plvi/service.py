@@ -1,8 +1,9 @@
 """`plvi serve`: the whole service as one process tree, for a single machine with embedded defaults.
 
-The main process runs the DICOM listener and a scheduler thread (study tracker, outbox publisher, periodic jobs);
-Celery workers run as child processes that consume the same broker, exactly as separate `plvi worker` processes
-would in production. Children get the settings as `PLVI_*` variables, stop on SIGTERM/SIGINT with the parent, and
+The main process runs the DICOM listener, the HTTP API and dashboard, a scheduler thread (study tracker, outbox
+publisher) and a delivery thread (results to PACS, flags to the RIS), so a slow destination never holds up the
+tracker. Celery workers run as child processes that consume the same broker, exactly as separate `plvi worker`
+processes would in production; the one child also runs beat, the nightly export's clock. Children get the settings as `PLVI_*` variables, stop on SIGTERM/SIGINT with the parent, and
 get SIGTERM from the kernel if the parent is killed outright (workers.celery_app.die_with_parent).
 """
 
@@ -31,14 +32,16 @@ from plvi.outbox import publish_pending, redeliver_unfinished
 from plvi.settings import Settings
 from reports.hl7 import deliver_hl7, sync_worklist_flags
 from reports.sender import deliver_pending
+from reports.web.server import ApiServer, start_api
 from workers.celery_app import make_celery
 
 log = logging.getLogger(__name__)
 
 PeriodicJob = Callable[[Settings, Engine], int]
-# Jobs the scheduler thread runs every `tracker_interval_seconds` after the tracker and the publisher; each returns
-# how much it did. Other parts of the service append theirs here.
-PERIODIC_JOBS: list[PeriodicJob] = [redeliver_unfinished, deliver_pending, sync_worklist_flags, deliver_hl7]
+# Jobs run every `tracker_interval_seconds`, each returning how much it did: local bookkeeping in the scheduler
+# thread (after the tracker and the publisher), network deliveries in their own thread.
+PERIODIC_JOBS: list[PeriodicJob] = [redeliver_unfinished]
+DELIVERY_JOBS: list[PeriodicJob] = [deliver_pending, sync_worklist_flags, deliver_hl7]
 
 WORKER_STOP_TIMEOUT_SECONDS = 60
 WORKER_RESTART_DELAY_SECONDS = 5
@@ -62,16 +65,22 @@ def run_service(settings: Settings) -> None:
         redeliver_unfinished(settings, engine, older_than_seconds=0)
     workers = WorkerProcess(settings) if settings.serve_workers > 0 else None
     listener: Listener | None = None
-    scheduler = threading.Thread(
-        target=_run_scheduler, args=(settings, engine, celery_app, stop), name="plvi-scheduler", daemon=True
-    )
+    api: ApiServer | None = None
+    threads = [
+        threading.Thread(target=_every_interval, args=(settings, stop, lambda: run_scheduled_jobs(
+            settings, engine, celery_app)), name="plvi-scheduler", daemon=True),
+        threading.Thread(target=_every_interval, args=(settings, stop, lambda: _run_jobs(
+            settings, engine, DELIVERY_JOBS)), name="plvi-delivery", daemon=True),
+    ]
     try:
         # Workers first: forking before the listener and scheduler start threads keeps the children clean.
         if workers is not None:
             workers.start()
         listener = start_listener(settings, engine)
-        scheduler.start()
-        _announce(settings)
+        api = start_api(settings, engine)
+        for thread in threads:
+            thread.start()
+        _announce(settings, api)
         while not stop.wait(1.0):
             if workers is not None:
                 workers.restart_if_exited()
@@ -80,8 +89,11 @@ def run_service(settings: Settings) -> None:
         stop.set()
         if listener is not None:
             listener.shutdown()
-        if scheduler.is_alive():
-            scheduler.join(timeout=30)
+        if api is not None:
+            api.shutdown()
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(timeout=30)
         if workers is not None:
             workers.stop()
         engine.dispose()
@@ -89,29 +101,30 @@ def run_service(settings: Settings) -> None:
 
 
 def run_scheduled_jobs(settings: Settings, engine: Engine, celery_app: Celery) -> None:
-    """One pass: settle quiet studies, publish what is due, run the periodic jobs. A failing step is logged and
-    the others still run; the next pass tries again."""
-    steps: list[tuple[str, Callable[[], object]]] = [
-        ("settle_studies", lambda: settle_studies(settings, engine)),
-        ("publish_pending", lambda: publish_pending(settings, engine, celery_app)),
-    ]
-    steps += [
-        (getattr(job, "__name__", repr(job)), lambda job=job: job(settings, engine)) for job in PERIODIC_JOBS
-    ]
-    for name, step in steps:
+    """One pass: settle quiet studies, publish what is due, run the periodic jobs."""
+    _run_jobs(settings, engine, [
+        settle_studies,
+        lambda settings, engine: publish_pending(settings, engine, celery_app),
+        *PERIODIC_JOBS,
+    ])
+
+
+def _run_jobs(settings: Settings, engine: Engine, jobs: list[PeriodicJob]) -> None:
+    """Run each job once; a failing one is logged and the others still run; the next pass tries again."""
+    for job in jobs:
         try:
-            step()
+            job(settings, engine)
         except Exception:
-            log.exception(kv("scheduled_job_failed", job=name))
+            log.exception(kv("scheduled_job_failed", job=getattr(job, "__name__", repr(job))))
 
 
-def _run_scheduler(settings: Settings, engine: Engine, celery_app: Celery, stop: threading.Event) -> None:
+def _every_interval(settings: Settings, stop: threading.Event, one_pass: Callable[[], None]) -> None:
     while not stop.is_set():
-        run_scheduled_jobs(settings, engine, celery_app)
+        one_pass()
         stop.wait(settings.tracker_interval_seconds)
 
 
-def _announce(settings: Settings) -> None:
+def _announce(settings: Settings, api: ApiServer) -> None:
     shown_host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
     print(
         f"PLVI listening: AE title {settings.ae_title} on {settings.host}:{settings.port}\n"
@@ -119,7 +132,9 @@ def _announce(settings: Settings) -> None:
         f"queue {'embedded ' if settings.broker_is_embedded else ''}{settings.effective_broker_url.split('@')[-1]}; "
         f"{settings.serve_workers} worker process(es); a study is complete after {settings.settle_seconds:g} s quiet\n"
         f"Send a study with:\n"
-        f"  storescu -aec {settings.ae_title} +sd +r +sp '*.dcm' {shown_host} {settings.port} path/to/study/",
+        f"  storescu -aec {settings.ae_title} +sd +r +sp '*.dcm' {shown_host} {settings.port} path/to/study/\n"
+        f"Dashboard and API: {api.url}/ "
+        f"(create a user with `plvi user-add`)",
         flush=True,
     )
 

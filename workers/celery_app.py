@@ -111,8 +111,11 @@ def prepare_embedded_broker(app: PlviCelery) -> None:
             time.sleep(0.2)
 
 
-def run_worker(settings: Settings, concurrency: int) -> None:
-    """Run a Celery worker in this process until SIGTERM (warm shutdown: running tasks finish first)."""
+def run_worker(settings: Settings, concurrency: int, *, beat: bool = False) -> None:
+    """Run a Celery worker in this process until SIGTERM (warm shutdown: running tasks finish first).
+
+    `beat` embeds the scheduler of the nightly export: `plvi serve` asks for it, a site with separate workers runs
+    one `plvi beat` instead."""
     app = make_celery(settings)
     app.worker_main(
         [
@@ -123,6 +126,7 @@ def run_worker(settings: Settings, concurrency: int) -> None:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
+            *(["--beat"] if beat else []),
         ]
     )
 
@@ -142,4 +146,4 @@ if __name__ == "__main__":
     parent, concurrency = map(int, sys.argv[1:3])
     die_with_parent(parent)
     configure_logging()
-    run_worker(load_settings(), concurrency)
+    run_worker(load_settings(), concurrency, beat=True)
