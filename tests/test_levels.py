@@ -83,3 +83,16 @@ def test_no_slice_within_reach_below_the_endplate_is_l4_not_covered() -> None:
     endplate = Plane(np.array([0.0, 0.0, 10.0]), np.array([0.0, 0.0, 1.0]))
     assert choose_axial_slice(_stack([12.0, 16.0, 20.0]), endplate).reason == "l4_not_covered"
     assert choose_axial_slice(_stack([10.0 - MAX_CAUDAL_MM - 1, 30.0]), endplate).reason == "l4_not_covered"
+
+
+def test_a_sagittal_series_without_a_spine_is_l4_not_found_not_a_fault() -> None:
+    from workers.analysis.geometry import volume_geometry
+    from workers.analysis.levels import find_l4_upper_endplate
+
+    geometry = volume_geometry(
+        [slice_geometry((x, -50.0, 50.0), (0, 1, 0, 0, 0, -1), (1.0, 1.0), 96, 96) for x in (-3.0, 0.0, 3.0)]
+    )
+    noise = np.random.default_rng(0).uniform(0, 100, (3, 96, 96))
+    for volume in (np.zeros((3, 96, 96)), noise):
+        finding = find_l4_upper_endplate(volume, geometry)
+        assert (finding.upper_endplate_l4, finding.reason) == (None, "l4_not_found")
