@@ -43,7 +43,7 @@ class Settings(BaseSettings):
 
     # Study tracking
     settle_seconds: float = 60.0
-    tracker_interval_seconds: float = 1.0
+    tracker_interval_seconds: float = 0.25
 
     # Queue
     serve_workers: int = 1
