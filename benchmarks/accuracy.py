@@ -149,7 +149,7 @@ def run_phantom(seed: int, hard: bool, folder: Path, cutoff: float) -> PhantomOu
         plvi=result["plvi"], truth_plvi=truth["plvi"], low_psoas_mass=result["low_psoas_mass"],
         cpu_seconds=cpu, wall_seconds=wall,
     )
-    if reference is not None:
+    if reference is not None and outcome.expected_reason is None:
         if chosen == reference and analysis.masks:
             masks = analysis.masks
         else:  # segmentation quality on the reference slice, apart from slice choice
