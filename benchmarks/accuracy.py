@@ -34,8 +34,8 @@ from workers.analysis.geometry import (
 )
 from workers.analysis.segmentation import segment_slice
 from workers.pipeline import analyze_paths
+from tests.real_data import REAL_DATA
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 CONFIDENT_WRONG_PLVI = 0.1
 FIRST_SEED = 1000
 

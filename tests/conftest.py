@@ -12,9 +12,9 @@ from sqlalchemy import create_engine, text
 
 from plvi.db import make_engine, upgrade_database
 from plvi.settings import Settings
+from tests.real_data import REAL_DATA
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
 
 def free_port() -> int:
