@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from tests.real_data import REAL_DATA
 from workers.analysis.geometry import (
     PATIENT_LEFT,
     PATIENT_POSTERIOR,
@@ -34,7 +35,6 @@ from workers.analysis.geometry import (
 )
 from workers.analysis.segmentation import segment_slice
 from workers.pipeline import analyze_paths
-from tests.real_data import REAL_DATA
 
 CONFIDENT_WRONG_PLVI = 0.1
 FIRST_SEED = 1000
