@@ -118,7 +118,10 @@ def build_key_image(
         image = image.max() - image
     pixels = render_key_image(image, masks, lines, orientation)
     factor = pixels.shape[0] // int(source.Rows)
-    spacing = [float(value) / factor for value in source.PixelSpacing]
+    pixel_spacing = None  # a source without PixelSpacing (not measurable) gives a key image without one
+    if source.get("PixelSpacing"):
+        row_spacing, column_spacing = (float(value) / factor for value in source.PixelSpacing)
+        pixel_spacing = (row_spacing, column_spacing)
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
@@ -130,7 +133,7 @@ def build_key_image(
         sop_instance_uid=instance.sop_instance_uid,
         instance_number=1,
         manufacturer=instance.manufacturer,
-        pixel_spacing=(spacing[0], spacing[1]),
+        pixel_spacing=pixel_spacing,
         patient_orientation=orientation,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         series_description="PLVI key image",

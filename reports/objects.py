@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,18 +31,23 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.valuerep import DA, DT, TM
 
+from plvi.logs import kv
 from reports.instance import NewInstance
 from reports.keyimage import build_key_image
 from reports.seg import STRUCTURES, build_segmentation
+from reports.source import copyable_source, key_image_obstacle, segmentation_obstacle
 from reports.sr import build_sr
 
 ALGORITHM_NAME = "PLVI screening"
 MANUFACTURER = "PLVI screening service"
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ResultObjects:
-    """The objects of one analysis; `seg` is None when there are no masks (e.g. `not_measurable`)."""
+    """The objects of one analysis; `seg` is None when there are no masks (e.g. `not_measurable`) and, like
+    `key_image`, when the source cannot carry it (reports/source.py)."""
 
     sr: Dataset
     seg: Dataset | None
@@ -77,13 +83,16 @@ def build_result_objects(
     masks:
         Bool arrays `psoas_left`, `psoas_right`, `vertebra` of the source's shape, or an empty dict.
     source:
-        The measured slice with pixel data; for a result without one, any image of the study.
+        The measured slice with pixel data; for a result without one, any image of the study. Type 2 patient and
+        study attributes it lacks are written empty; a source that cannot carry a SEG or key image (multi-frame,
+        no pixel data, no geometry) still gets its SR, and the log says which object was skipped and why.
     instance_set_hash:
         Names the analysed instance set (the worker passes the study's); defaults to `result["instance_set_hash"]`,
         else a hash of the result itself.
     analysed_at:
         The analysis time; defaults to `result["analysed_at"]` (ISO 8601), else now (then a rebuild differs).
     """
+    source = copyable_source(source)
     study_uid = str(source.StudyInstanceUID)
     if result.get("study_instance_uid") not in (None, study_uid):
         raise ValueError(
@@ -99,7 +108,13 @@ def build_result_objects(
         return NewInstance(uid(f"{kind}-series"), uid(kind), ALGORITHM_NAME, algorithm_version, MANUFACTURER, moment)
 
     has_masks = bool(masks) and all(masks.get(s.mask_key) is not None for s in STRUCTURES)
-    segmentation = build_segmentation(source, masks, new_instance("seg")) if has_masks else None
+    segmentation = None
+    if has_masks:
+        obstacle = segmentation_obstacle(source)
+        if obstacle is None:
+            segmentation = build_segmentation(source, masks, new_instance("seg"))
+        else:
+            _log_skipped("seg", obstacle, study_uid, source)
     sr = build_sr(
         result,
         source,
@@ -109,12 +124,21 @@ def build_result_objects(
         device_uid=derived_uid(ALGORITHM_NAME, algorithm_version),
     )
     key_image = None
-    if "PixelData" in source:
+    obstacle = key_image_obstacle(source)
+    if obstacle is None:
         key_image = build_key_image(result, masks if has_masks else {}, source, new_instance("keyimage"))
+    else:
+        _log_skipped("keyimage", obstacle, study_uid, source)
     for kind, dataset in (("sr", sr), ("seg", segmentation), ("keyimage", key_image)):
         if dataset is not None:
             _pin_generated_values(dataset, moment, uid(f"{kind}-dimension-organization"))
     return ResultObjects(sr=sr, seg=segmentation, key_image=key_image)
+
+
+def _log_skipped(kind: str, why: str, study_uid: str, source: Dataset) -> None:
+    """The SR still reports the result; the log says which object is missing and why."""
+    log.info(kv("result_object_skipped", kind=kind, why=why, study_uid=study_uid,
+                source_sop_instance_uid=source.get("SOPInstanceUID", "")))
 
 
 def _pin_generated_values(dataset: Dataset, moment: datetime, dimension_organization_uid: str) -> None:
