@@ -5,6 +5,7 @@ neither SR nor SEG, so everything needed to read the result is in the pixels."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import highdicom as hd
@@ -16,6 +17,7 @@ from skimage.segmentation import find_boundaries
 
 from reports.instance import NewInstance
 from reports.seg import STRUCTURES
+from reports.source import displayed_frame
 
 MIN_SHORT_SIDE = 512  # upscale small MR matrices so the burned-in text stays legible beside the anatomy
 
@@ -95,7 +97,11 @@ def summary_lines(result: dict[str, Any], algorithm_name: str, algorithm_version
 
 def patient_orientation(source: Dataset) -> tuple[str, str]:
     """The patient directions (LPS letters) of the image rows and columns, from ImageOrientationPatient."""
-    orientation = [float(value) for value in source.ImageOrientationPatient]
+    return orientation_letters([float(value) for value in source.ImageOrientationPatient])
+
+
+def orientation_letters(orientation: Sequence[float]) -> tuple[str, str]:
+    """The patient directions (LPS letters) of the row and column direction cosines of ImageOrientationPatient."""
     letters = []
     for vector in (orientation[:3], orientation[3:]):
         axis = int(np.argmax(np.abs(vector)))
@@ -110,18 +116,17 @@ def build_key_image(
     source: Dataset,
     instance: NewInstance,
 ) -> hd.sc.SCImage:
-    """A Secondary Capture of `source` with the result burned in; patient and study are copied from `source`."""
-    orientation = patient_orientation(source)
+    """A Secondary Capture of `source` with the result burned in; patient and study are copied from `source`.
+
+    A multi-frame source is shown by its middle frame (reports/source.py says when a source allows a key image)."""
+    frame = displayed_frame(source)
+    orientation = orientation_letters(frame.orientation)
     lines = summary_lines(result, instance.algorithm_name, instance.algorithm_version)
-    image = source.pixel_array
-    if source.get("PhotometricInterpretation") == "MONOCHROME1":  # low values are bright: show it as read
-        image = image.max() - image
-    pixels = render_key_image(image, masks, lines, orientation)
-    factor = pixels.shape[0] // int(source.Rows)
+    pixels = render_key_image(frame.pixels, masks, lines, orientation)
+    factor = pixels.shape[0] // frame.pixels.shape[0]
     pixel_spacing = None  # a source without PixelSpacing (not measurable) gives a key image without one
-    if source.get("PixelSpacing"):
-        row_spacing, column_spacing = (float(value) / factor for value in source.PixelSpacing)
-        pixel_spacing = (row_spacing, column_spacing)
+    if frame.pixel_spacing is not None:
+        pixel_spacing = (frame.pixel_spacing[0] / factor, frame.pixel_spacing[1] / factor)
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,

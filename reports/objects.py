@@ -124,7 +124,7 @@ def build_result_objects(
         device_uid=derived_uid(ALGORITHM_NAME, algorithm_version),
     )
     key_image = None
-    obstacle = key_image_obstacle(source)
+    obstacle = key_image_obstacle(source, with_masks=has_masks)
     if obstacle is None:
         key_image = build_key_image(result, masks if has_masks else {}, source, new_instance("keyimage"))
     else:

@@ -9,7 +9,9 @@ result is always reported by its SR even when the source cannot carry a SEG or a
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
+import numpy as np
 from pydicom import Dataset
 
 # Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that the new objects copy.
@@ -57,12 +59,57 @@ def segmentation_obstacle(source: Dataset) -> str | None:
     return None
 
 
-def key_image_obstacle(source: Dataset) -> str | None:
-    """Why no key image can be drawn from `source` (a word for the log), or None when one can."""
+@dataclass(frozen=True)
+class DisplayedFrame:
+    """The one frame a key image shows, with the in-plane geometry of that frame."""
+
+    pixels: np.ndarray
+    orientation: tuple[float, ...]
+    pixel_spacing: tuple[float, float] | None
+
+
+def key_image_obstacle(source: Dataset, *, with_masks: bool) -> str | None:
+    """Why no key image can be drawn from `source` (a word for the log), or None when one can.
+
+    Masks belong to a single-frame slice (the analysis measures no other), so a multi-frame source gets a key image
+    only without outlines."""
     if "PixelData" not in source:
-        return "source_without_pixel_data"
-    if is_multi_frame(source):
-        return "multi_frame_source"
-    if "ImageOrientationPatient" not in source or source["ImageOrientationPatient"].is_empty:
+        return "source_without_PixelData"
+    if is_multi_frame(source) and with_masks:
+        return "masks_on_multi_frame_source"
+    if _frame_attribute(source, "PlaneOrientationSequence", "ImageOrientationPatient") is None:
         return "source_without_ImageOrientationPatient"
+    return None
+
+
+def displayed_frame(source: Dataset) -> DisplayedFrame:
+    """The source's image, or the middle frame of a multi-frame source, with its orientation and pixel spacing."""
+    pixels = source.pixel_array
+    frame = 0
+    if is_multi_frame(source):
+        frame = int(source.NumberOfFrames) // 2
+        pixels = pixels[frame]
+    if source.get("PhotometricInterpretation") == "MONOCHROME1":  # low values are bright: show it as read
+        pixels = pixels.max() - pixels
+    orientation = _frame_attribute(source, "PlaneOrientationSequence", "ImageOrientationPatient", frame)
+    spacing = _frame_attribute(source, "PixelMeasuresSequence", "PixelSpacing", frame)
+    return DisplayedFrame(
+        pixels=pixels,
+        orientation=tuple(float(value) for value in orientation),  # type: ignore[union-attr]
+        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
+    )
+
+
+def _frame_attribute(source: Dataset, macro: str, keyword: str, frame: int = 0) -> object | None:
+    """A geometry attribute of one frame: top level (single-frame), else the frame's or the shared functional group
+    (multi-frame, PS3.3 C.7.6.16). None when absent or empty."""
+    if not is_multi_frame(source):
+        value = source.get(keyword)
+        return value if value else None
+    groups = [source.get("PerFrameFunctionalGroupsSequence", [])[frame:frame + 1],
+              source.get("SharedFunctionalGroupsSequence", [])[:1]]
+    for group in (item for items in groups for item in items):
+        for item in group.get(macro, [])[:1]:
+            if item.get(keyword):
+                return item.get(keyword)
     return None

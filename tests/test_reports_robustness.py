@@ -15,6 +15,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from reports import codes
+from reports.keyimage import patient_orientation, render_key_image, summary_lines
 from reports.objects import build_result_objects, write_result_objects
 from reports.source import PATIENT_AND_STUDY_TYPE_2
 from tests.plvi_result_case import CASE, dciodvfy, not_measurable, real_slice_case
@@ -122,6 +123,18 @@ def test_monochrome1_key_image_shows_low_values_bright(case):
     assert normal.mean() < 40 and shown.mean() > 215
 
 
+@pytest.mark.parametrize("missing", ["ImageOrientationPatient", "PixelData"])
+def test_source_that_cannot_carry_a_key_image_still_gets_its_sr_and_the_log_says_why(case, tmp_path, caplog, missing):
+    source, _, result = case
+    lacking = copy.deepcopy(source)
+    del lacking[missing]
+    with caplog.at_level(logging.INFO, logger="reports.objects"):
+        objects = build(not_measurable(result), {}, lacking)
+    assert objects.key_image is None and objects.seg is None
+    assert f"result_object_skipped kind=keyimage why=source_without_{missing}" in caplog.text
+    assert errors_of(objects, tmp_path) == {"SR": []}
+
+
 @pytest.fixture(scope="module")
 def multi_frame(tmp_path_factory):
     """The axial series as one Legacy Converted Enhanced MR image (multi-frame, functional groups), read back."""
@@ -132,14 +145,23 @@ def multi_frame(tmp_path_factory):
     return as_spooled(image, tmp_path_factory.mktemp("multi-frame"))
 
 
-def test_multi_frame_source_gets_its_sr_and_logs_why_there_is_no_key_image(case, multi_frame, tmp_path, caplog):
+def test_multi_frame_source_gets_its_sr_and_a_key_image_of_its_middle_frame(case, multi_frame, tmp_path):
     _, _, result = case
-    with caplog.at_level(logging.INFO, logger="reports.objects"):
-        objects = build(not_measurable(result), {}, multi_frame)
-    assert objects.seg is None and objects.key_image is None
-    assert "result_object_skipped kind=keyimage why=multi_frame_source" in caplog.text
-    assert objects.sr.StudyInstanceUID == multi_frame.StudyInstanceUID
-    assert errors_of(objects, tmp_path) == {"SR": []}
+    objects = build(not_measurable(result), {}, multi_frame)
+    assert objects.seg is None and objects.key_image is not None
+    assert objects.sr.StudyInstanceUID == objects.key_image.StudyInstanceUID == multi_frame.StudyInstanceUID
+    frame = multi_frame.PerFrameFunctionalGroupsSequence[int(multi_frame.NumberOfFrames) // 2]
+    position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+    middle = next(ds for ds in map(pydicom.dcmread, sorted((CASE / "dicom").glob("*.dcm")))
+                  if [float(v) for v in ds.ImagePositionPatient] == position)
+    orientation = patient_orientation(middle)
+    lines = summary_lines(not_measurable(result), "PLVI screening", "0.1.0")
+    assert np.array_equal(objects.key_image.pixel_array, render_key_image(middle.pixel_array, {}, lines, orientation))
+    factor = objects.key_image.Rows // middle.Rows
+    assert [float(v) * factor for v in objects.key_image.PixelSpacing] == pytest.approx(
+        [float(v) for v in middle.PixelSpacing])
+    assert tuple(objects.key_image.PatientOrientation) == orientation
+    assert errors_of(objects, tmp_path) == {"SR": [], "OT": []}
 
 
 def test_masks_on_a_multi_frame_source_keep_their_areas_in_the_sr_and_log_the_missing_seg(case, multi_frame,
@@ -148,8 +170,9 @@ def test_masks_on_a_multi_frame_source_keep_their_areas_in_the_sr_and_log_the_mi
     measured = result | {"slice": result["slice"] | {"sop_instance_uid": str(multi_frame.SOPInstanceUID)}}
     with caplog.at_level(logging.INFO, logger="reports.objects"):
         objects = build(measured, masks, multi_frame)
-    assert objects.seg is None
+    assert objects.seg is None and objects.key_image is None
     assert "result_object_skipped kind=seg why=multi_frame_source" in caplog.text
+    assert "result_object_skipped kind=keyimage why=masks_on_multi_frame_source" in caplog.text
     paths = write_result_objects(objects, tmp_path)
     (sr_path,) = [path for path in paths if path.stem == objects.sr.SOPInstanceUID]
     groups = hd.sr.srread(sr_path).content.get_image_measurement_groups()
