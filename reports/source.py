@@ -1,18 +1,30 @@
 """What the new objects take from the source image, and what a sparse or unusual source still allows.
 
 Images from a PACS are often sparse: a Type 2 attribute (PS3.5 7.4: present, may be empty) is sometimes left out
-altogether, and highdicom reads the patient and study attributes unconditionally. The new objects copy what the
-source has and write the rest empty, never an invented value. Which objects a source allows is decided here, so a
-result is always reported by its SR even when the source cannot carry a SEG or a key image.
+altogether, and highdicom reads the patient and study attributes unconditionally. Some sources also carry dates,
+times or a sex that highdicom refuses (`2023-01-01`, `U`). The new objects copy what the source has, rewrite the
+historical ACR-NEMA forms `YYYY.MM.DD` and `HH:MM:SS` into the current ones, and write empty what is missing or
+cannot be made valid: never an invented value. Names and identifiers are copied as they are, even when longer than
+their VR allows: a PACS matches the objects to the study by them. Which objects a source allows is decided here, so a result is always
+reported by its SR even when the source cannot carry a SEG or a key image.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
-from pydicom import Dataset
+from pydicom import Dataset, config
+from pydicom.valuerep import TM
+
+from plvi.logs import kv
+
+log = logging.getLogger(__name__)
 
 # Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that the new objects copy.
 PATIENT_AND_STUDY_TYPE_2 = (
@@ -28,16 +40,65 @@ PATIENT_AND_STUDY_TYPE_2 = (
 )
 
 
-def copyable_source(source: Dataset) -> Dataset:
-    """`source` itself when it has every copied Type 2 attribute, else a copy with the missing ones present and empty.
+def conforming_date(value: str) -> str:
+    """A DA value as YYYYMMDD (from YYYYMMDD or the ACR-NEMA YYYY.MM.DD), or "" when it is no calendar date."""
+    value = value.strip()
+    if re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", value):
+        value = value.replace(".", "")
+    try:
+        return value if re.fullmatch(r"\d{8}", value) and datetime.strptime(value, "%Y%m%d") else ""
+    except ValueError:
+        return ""
 
-    The caller's dataset is never changed."""
-    missing = [keyword for keyword in PATIENT_AND_STUDY_TYPE_2 if keyword not in source]
-    if not missing:
+
+def conforming_time(value: str) -> str:
+    """A TM value as HH[MM[SS[.F]]] (also from the ACR-NEMA HH:MM:SS), or "" when it is no time of day."""
+    value = value.strip()
+    if re.fullmatch(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?", value):
+        value = value.replace(":", "")
+    try:
+        TM(value, validation_mode=config.RAISE)  # raises on a value that is not a time of day
+    except ValueError:
+        return ""
+    return value
+
+
+def conforming_sex(value: str) -> str:
+    """Patient's Sex is M, F or O (PS3.3 C.7.1.1); anything else, e.g. "U", is written empty."""
+    value = value.strip().upper()
+    return value if value in ("M", "F", "O") else ""
+
+
+_CONFORMING: dict[str, Callable[[str], str]] = {
+    "PatientBirthDate": conforming_date,
+    "StudyDate": conforming_date,
+    "StudyTime": conforming_time,
+    "PatientSex": conforming_sex,
+}
+
+
+def copyable_source(source: Dataset) -> Dataset:
+    """`source` itself when every copied Type 2 attribute is present and valid, else a copy in which the missing
+    ones are present and empty and the others are as valid as they can be made without inventing anything.
+
+    The caller's dataset is never changed. Each emptied value is logged by keyword, never by value."""
+    replacements: dict[str, str] = {}
+    for keyword in PATIENT_AND_STUDY_TYPE_2:
+        if keyword not in source:
+            replacements[keyword] = ""
+        elif keyword in _CONFORMING and not source[keyword].is_empty:
+            original = str(source[keyword].value)
+            conforming = _CONFORMING[keyword](original)
+            if conforming != original:
+                replacements[keyword] = conforming
+            if not conforming:
+                log.warning(kv("source_value_not_copied", keyword=keyword, why="not_valid_for_its_vr",
+                               source_sop_instance_uid=source.get("SOPInstanceUID", "")))
+    if not replacements:
         return source
     completed = copy.deepcopy(source)
-    for keyword in missing:
-        setattr(completed, keyword, "")
+    for keyword, value in replacements.items():
+        setattr(completed, keyword, value)
     return completed
 
 

@@ -81,6 +81,30 @@ def test_patient_and_study_values_the_source_has_are_copied_not_replaced(case):
         assert dataset["PatientBirthDate"].is_empty and dataset["AccessionNumber"].is_empty
 
 
+@pytest.mark.parametrize(("keyword", "value", "written"), [
+    ("StudyDate", "2023.01.01", "20230101"),  # ACR-NEMA date: the same date, in today's form
+    ("StudyTime", "10:10:10", "101010"),  # ACR-NEMA time
+    ("StudyDate", "2023-01-01", ""),  # not a DA value
+    ("PatientBirthDate", "19500000", ""),  # no calendar date
+    ("StudyTime", "256070", ""),  # no time of day
+    ("PatientSex", "U", ""),  # not M, F or O
+    ("PatientSex", "f", "F"),
+])
+def test_dates_times_and_sex_are_made_valid_or_written_empty_never_guessed(case, tmp_path, caplog, keyword, value,
+                                                                          written):
+    source, masks, result = case
+    odd = copy.deepcopy(source)
+    setattr(odd, keyword, value)
+    with caplog.at_level(logging.WARNING, logger="reports.source"):
+        objects = build(result, masks, as_spooled(odd, tmp_path))
+    for dataset in objects.datasets():
+        assert str(dataset[keyword].value or "") == written, dataset.Modality
+    ours = " ".join(record.getMessage() for record in caplog.records if record.name == "reports.source")
+    assert (f"source_value_not_copied keyword={keyword}" in ours) == (written == "")
+    assert value not in ours  # the log names the attribute, never the patient's value
+    assert errors_of(objects, tmp_path / "objects") == {"SR": [], "SEG": [], "OT": []}
+
+
 def test_source_without_pixel_spacing_is_reported_not_measurable_with_a_key_image(case, tmp_path):
     source, _, result = case
     unspaced = copy.deepcopy(source)
