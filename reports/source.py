@@ -5,8 +5,8 @@ altogether, and highdicom reads the patient and study attributes unconditionally
 times or a sex that highdicom refuses (`2023-01-01`, `U`). The new objects copy what the source has, rewrite the
 historical ACR-NEMA forms `YYYY.MM.DD` and `HH:MM:SS` into the current ones, and write empty what is missing or
 cannot be made valid: never an invented value. Names and identifiers are copied as they are, even when longer than
-their VR allows: a PACS matches the objects to the study by them. Which objects a source allows is decided here, so a result is always
-reported by its SR even when the source cannot carry a SEG or a key image.
+their VR allows: a PACS matches the objects to the study by them. Which objects a source allows is decided here, so
+a result is always reported by its SR even when the source cannot carry a SEG or a key image.
 """
 
 from __future__ import annotations
