@@ -84,8 +84,9 @@ def build_result_objects(
         Bool arrays `psoas_left`, `psoas_right`, `vertebra` of the source's shape, or an empty dict.
     source:
         The measured slice with pixel data; for a result without one, any image of the study. Type 2 patient and
-        study attributes it lacks are written empty; a source that cannot carry a SEG or key image (multi-frame,
-        no pixel data, no geometry) still gets its SR, and the log says which object was skipped and why.
+        study attributes it lacks, or whose value cannot be made valid, are written empty (reports/source.py); a
+        source that cannot carry a SEG or key image (masks on a multi-frame image, no pixel data, no geometry)
+        still gets its SR, and the log says which object was skipped and why.
     instance_set_hash:
         Names the analysed instance set (the worker passes the study's); defaults to `result["instance_set_hash"]`,
         else a hash of the result itself.
