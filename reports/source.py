@@ -136,6 +136,10 @@ def key_image_obstacle(source: Dataset, *, with_masks: bool) -> str | None:
     only without outlines."""
     if "PixelData" not in source:
         return "source_without_PixelData"
+    if source.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+        return "source_not_greyscale"  # e.g. an earlier key image (RGB) sent back with the study
+    if int(source.get("BitsAllocated") or 0) == 1:
+        return "source_is_a_bitmap"  # e.g. an earlier SEG sent back with the study
     if is_multi_frame(source) and with_masks:
         return "masks_on_multi_frame_source"
     if _frame_attribute(source, "PlaneOrientationSequence", "ImageOrientationPatient") is None:
@@ -162,11 +166,10 @@ def displayed_frame(source: Dataset) -> DisplayedFrame:
 
 
 def _frame_attribute(source: Dataset, macro: str, keyword: str, frame: int = 0) -> object | None:
-    """A geometry attribute of one frame: top level (single-frame), else the frame's or the shared functional group
-    (multi-frame, PS3.3 C.7.6.16). None when absent or empty."""
-    if not is_multi_frame(source):
-        value = source.get(keyword)
-        return value if value else None
+    """A geometry attribute of one frame: top level (classic image), else the frame's or the shared functional group
+    (enhanced image, PS3.3 C.7.6.16). None when absent or empty."""
+    if source.get(keyword):
+        return source.get(keyword)
     groups = [source.get("PerFrameFunctionalGroupsSequence", [])[frame:frame + 1],
               source.get("SharedFunctionalGroupsSequence", [])[:1]]
     for group in (item for items in groups for item in items):

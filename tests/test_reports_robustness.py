@@ -159,14 +159,43 @@ def test_source_that_cannot_carry_a_key_image_still_gets_its_sr_and_the_log_says
     assert errors_of(objects, tmp_path) == {"SR": []}
 
 
+def test_objects_of_an_earlier_analysis_as_the_only_image_of_the_study_still_give_an_sr(case, tmp_path, caplog):
+    source, masks, result = case
+    earlier = write_result_objects(build(result, masks, source), tmp_path / "earlier")
+    why = {}
+    for path in earlier:
+        previous = pydicom.dcmread(path)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="reports.objects"):
+            objects = build(not_measurable(result), {}, previous)
+        assert objects.seg is None and objects.key_image is None
+        assert errors_of(objects, tmp_path / previous.Modality) == {"SR": []}
+        why[previous.Modality] = caplog.text.split("why=")[1].split()[0]
+    assert why == {"SR": "source_without_PixelData", "SEG": "source_is_a_bitmap", "OT": "source_not_greyscale"}
+
+
+def enhanced(paths: list[Path], folder: Path) -> pydicom.Dataset:
+    """These images as one Legacy Converted Enhanced MR image (geometry in functional groups), read back."""
+    image = hd.legacy.LegacyConvertedEnhancedMRImage(
+        [pydicom.dcmread(path) for path in paths], series_instance_uid=hd.UID(), series_number=2,
+        sop_instance_uid=hd.UID(), instance_number=1,
+    )
+    return as_spooled(image, folder)
+
+
 @pytest.fixture(scope="module")
 def multi_frame(tmp_path_factory):
-    """The axial series as one Legacy Converted Enhanced MR image (multi-frame, functional groups), read back."""
-    series = [pydicom.dcmread(path) for path in sorted((CASE / "dicom").glob("*.dcm"))]
-    image = hd.legacy.LegacyConvertedEnhancedMRImage(
-        series, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(), instance_number=1
-    )
-    return as_spooled(image, tmp_path_factory.mktemp("multi-frame"))
+    """The whole axial series as one multi-frame image."""
+    return enhanced(sorted((CASE / "dicom").glob("*.dcm")), tmp_path_factory.mktemp("multi-frame"))
+
+
+def test_enhanced_image_of_one_frame_gets_a_key_image_from_its_functional_groups(case, tmp_path):
+    _, _, result = case
+    single = enhanced([CASE / "dicom" / "IM-0001-0005.dcm"], tmp_path)
+    assert int(single.NumberOfFrames) == 1 and "ImageOrientationPatient" not in single
+    objects = build(not_measurable(result), {}, single)
+    assert objects.key_image is not None and "PixelSpacing" in objects.key_image
+    assert errors_of(objects, tmp_path / "objects") == {"SR": [], "OT": []}
 
 
 def test_multi_frame_source_gets_its_sr_and_a_key_image_of_its_middle_frame(case, multi_frame, tmp_path):
