@@ -155,7 +155,7 @@ def displayed_frame(source: Dataset) -> DisplayedFrame:
         frame = int(source.NumberOfFrames) // 2
         pixels = pixels[frame]
     if source.get("PhotometricInterpretation") == "MONOCHROME1":  # low values are bright: show it as read
-        pixels = pixels.max() - pixels
+        pixels = pixels.max() - pixels.astype(np.float64)  # in float: a signed range could overflow its type
     orientation = _frame_attribute(source, "PlaneOrientationSequence", "ImageOrientationPatient", frame)
     spacing = _frame_attribute(source, "PixelMeasuresSequence", "PixelSpacing", frame)
     return DisplayedFrame(
