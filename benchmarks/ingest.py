@@ -177,10 +177,11 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def memory_kib(pid: int, field_name: str) -> int:
-    """A field of /proc/<pid>/status in KiB (VmRSS now, VmHWM the peak); 0 once the process is gone."""
+def memory_kib(pid: int, field_name: str, source: str = "status") -> int:
+    """A KiB field of /proc/<pid>/status (VmRSS now, VmHWM the peak) or of /proc/<pid>/smaps_rollup (Pss: shared
+    pages divided among the processes sharing them, so forked workers are not counted twice); 0 once gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/{source}").read_text().splitlines():
             if line.startswith(field_name + ":"):
                 return int(line.split()[1])
     except OSError:
@@ -205,10 +206,11 @@ def tree_cpu_seconds(root: int) -> float:
 
 @dataclass
 class MemorySampler:
-    """Samples the summed RSS of a process tree every 50 ms in a thread and keeps the peak."""
+    """Samples the summed RSS and PSS of a process tree every 50 ms in a thread and keeps the peaks."""
 
     root: int
     peak_tree_kib: int = 0
+    peak_tree_pss_kib: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> MemorySampler:
@@ -218,8 +220,10 @@ class MemorySampler:
 
     def _run(self) -> None:
         while True:
-            self.peak_tree_kib = max(
-                self.peak_tree_kib, sum(memory_kib(pid, "VmRSS") for pid in process_tree(self.root))
+            pids = process_tree(self.root)
+            self.peak_tree_kib = max(self.peak_tree_kib, sum(memory_kib(pid, "VmRSS") for pid in pids))
+            self.peak_tree_pss_kib = max(
+                self.peak_tree_pss_kib, sum(memory_kib(pid, "Pss", "smaps_rollup") for pid in pids)
             )
             if self._stop.wait(0.05):
                 return
@@ -259,7 +263,9 @@ class Footprint:
     idle_cpu_percent: float  # of one core, the whole tree, with no association open
     idle_tree_kib: int
     peak_tree_kib: int
-    peak_main_kib: int  # VmHWM of `plvi serve` itself: the listener and scheduler, without the worker processes
+    peak_tree_pss_kib: int
+    processes: int
+    peak_main_kib: int  # VmHWM of the main `plvi serve` process, where the listener runs; workers excluded
 
 
 def measure(name: str, paths: list[Path], senders: int, repetition: int, scratch: Path) -> Run:
@@ -292,11 +298,15 @@ def measure_footprint(paths: list[Path], senders: int, scratch: Path, idle_secon
             with MemorySampler(receiver.pid) as sampler:
                 send(receiver, split(paths, senders))
             peak_main = memory_kib(receiver.pid, "VmHWM")
+            processes = len(process_tree(receiver.pid))
             if receiver.stored() != len(paths):
                 raise RuntimeError(f"plvi stored {receiver.stored()} of {len(paths)} instances; see {work_dir}")
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return Footprint(len(paths), senders, idle_cpu_percent, idle, sampler.peak_tree_kib, peak_main)
+    return Footprint(
+        len(paths), senders, idle_cpu_percent, idle, sampler.peak_tree_kib, sampler.peak_tree_pss_kib, processes,
+        peak_main,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
@@ -349,9 +359,11 @@ def report(runs: list[Run], footprint: Footprint, context: str) -> str:
         "the database row before it answers success.",
         "",
         f"plvi memory while receiving {footprint.instances} instances from {footprint.senders} parallel senders: "
-        f"`plvi serve` itself (listener and scheduler) peaked at {footprint.peak_main_kib / 1024:.0f} MiB (VmHWM); "
-        f"its whole process tree, worker processes included, at {footprint.peak_tree_kib / 1024:.0f} MiB "
-        f"(summed RSS sampled every 50 ms; {footprint.idle_tree_kib / 1024:.0f} MiB at rest). At rest the tree "
+        f"the main `plvi serve` process, where the listener runs, peaked at {footprint.peak_main_kib / 1024:.0f} MiB (VmHWM); "
+        f"its whole process tree ({footprint.processes} processes, workers included) at "
+        f"{footprint.peak_tree_kib / 1024:.0f} MiB summed RSS ({footprint.idle_tree_kib / 1024:.0f} MiB at rest) "
+        f"and {footprint.peak_tree_pss_kib / 1024:.0f} MiB summed PSS (pages shared by forked workers counted "
+        f"once), sampled every 50 ms. At rest the tree "
         f"uses {footprint.idle_cpu_percent:.1f} % of one core, which the CPU column above includes.",
     ]
     return "\n".join(lines)
