@@ -14,6 +14,9 @@ def configure_logging(level: str = "INFO") -> None:
     )
     # pynetdicom logs every PDU at INFO; its warnings and errors are what an operator needs.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom quotes the offending value when it warns about an invalid one: that can be a patient's name or birth
+    # date, which never belongs in our logs.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 def kv(event: str, **fields: object) -> str:
