@@ -14,8 +14,12 @@ def configure_logging(level: str = "INFO") -> None:
     )
     # pynetdicom logs every PDU at INFO; its warnings and errors are what an operator needs.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # pydicom quotes the offending value when it warns about an invalid one: that can be a patient's name or birth
-    # date, which never belongs in our logs.
+    # pydicom quotes the offending value when it warns about an invalid one read from a file (through its logger and
+    # Python warnings): that can be a patient's name or birth date, which never belongs in our logs. We store what
+    # arrives as it arrived, so validation on read has nothing to tell the operator.
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
