@@ -12,10 +12,15 @@ import benchmarks
 
 
 def main(names: list[str]) -> int:
-    available = [info.name for info in pkgutil.iter_modules(benchmarks.__path__) if not info.name.startswith("_")]
+    available = [
+        info.name for info in pkgutil.iter_modules(benchmarks.__path__) if not info.name.startswith("_")
+    ]
     unknown = set(names) - set(available)
     if unknown:
-        print(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(available)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(available)}",
+            file=sys.stderr,
+        )
         return 2
     failed = []
     for name in names or available:
@@ -23,10 +28,12 @@ def main(names: list[str]) -> int:
         if not hasattr(module, "main"):
             continue
         print(f"\n## benchmarks.{name}\n", flush=True)
-        sys.argv = [f"benchmarks.{name}"]  # each module parses its own options; here it runs with its defaults
+        sys.argv = [
+            f"benchmarks.{name}"
+        ]  # each module parses its own options; here it runs with its defaults
         try:
             status = module.main()
-        except Exception:
+        except Exception:  # noqa: BLE001 - report it and go on to the next benchmark
             traceback.print_exc()
             status = 1
         if status:

@@ -26,12 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from tests.conftest import free_port
 from tests.dicom_factory import write_mr_study
 from tests.peers.dcmtk import dcmtk_environment, run_storescp, storescu
-from tests.peers.processes import stop_process, wait_for_port
 from tests.peers.orthanc import run_orthanc
+from tests.peers.processes import stop_process, wait_for_port
 
 # `plvi serve` exists once the service lands; until then the listener alone, started the way the service starts it.
 LISTENER_ONLY = """
@@ -137,7 +138,6 @@ def write_study(out_dir: Path, instances: int, *, seed: int) -> list[Path]:
     return write_mr_study(out_dir, series=1, instances_per_series=instances, rows=512, cols=512, seed=seed)
 
 
-
 def split(paths: list[Path], senders: int) -> list[list[Path]]:
     """Contiguous shares, as a PACS forwarding series in parallel would send them."""
     share = -(-len(paths) // senders)
@@ -149,7 +149,10 @@ def send(receiver: Receiver, batches: list[list[Path]]) -> float:
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(batches)) as pool:
         results = list(
-            pool.map(lambda batch: storescu(receiver.port, batch, called_ae=receiver.called_ae, timeout=900), batches)
+            pool.map(
+                lambda batch: storescu(receiver.port, batch, called_ae=receiver.called_ae, timeout=900),
+                batches,
+            )
         )
     elapsed = time.perf_counter() - started
     for result in results:
@@ -200,7 +203,9 @@ def tree_cpu_seconds(root: int) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime (proc(5) fields 14-17)
+        ticks += sum(
+            int(value) for value in fields[11:15]
+        )  # utime, stime, cutime, cstime (proc(5) fields 14-17)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -213,7 +218,7 @@ class MemorySampler:
     peak_tree_pss_kib: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> MemorySampler:
+    def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -300,7 +305,9 @@ def measure_footprint(paths: list[Path], senders: int, scratch: Path, idle_secon
             peak_main = memory_kib(receiver.pid, "VmHWM")
             processes = len(process_tree(receiver.pid))
             if receiver.stored() != len(paths):
-                raise RuntimeError(f"plvi stored {receiver.stored()} of {len(paths)} instances; see {work_dir}")
+                raise RuntimeError(
+                    f"plvi stored {receiver.stored()} of {len(paths)} instances; see {work_dir}"
+                )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return Footprint(
@@ -339,8 +346,10 @@ def report(runs: list[Run], footprint: Footprint, context: str) -> str:
             )
     lines += [
         "",
-        "plvi's rate over each peer's, the median of the ratios within each repetition (runs minutes apart share "
-        "the machine's load less than runs seconds apart):",
+        (
+            "plvi's rate over each peer's, the median of the ratios within each repetition (runs minutes apart share "
+            "the machine's load less than runs seconds apart):"
+        ),
         "",
         "| senders | plvi / storescp | plvi / Orthanc |",
         "|---:|---:|---:|",
@@ -348,23 +357,30 @@ def report(runs: list[Run], footprint: Footprint, context: str) -> str:
     for senders in senders_options:
         ours = {run.repetition: run.instances_per_second for run in select("plvi", senders)}
         ratios = [
-            statistics.median(ours[run.repetition] / run.instances_per_second for run in select(peer, senders))
+            statistics.median(
+                ours[run.repetition] / run.instances_per_second for run in select(peer, senders)
+            )
             for peer in ("storescp", "orthanc")
         ]
         lines.append(f"| {senders} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
     lines += [
         "",
-        "Durability differs: storescp writes without flushing; Orthanc (SyncStorageArea) flushes each file but not "
-        "its index per instance (strace: about 1 fdatasync per instance); plvi flushes the file, its folder and "
-        "the database row before it answers success.",
+        (
+            "Durability differs: storescp writes without flushing; Orthanc (SyncStorageArea) flushes each file but not "
+            "its index per instance (strace: about 1 fdatasync per instance); plvi flushes the file, its folder and "
+            "the database row before it answers success."
+        ),
         "",
-        f"plvi memory while receiving {footprint.instances} instances from {footprint.senders} parallel senders: "
-        f"the main `plvi serve` process, where the listener runs, peaked at {footprint.peak_main_kib / 1024:.0f} MiB (VmHWM); "
-        f"its whole process tree ({footprint.processes} processes, workers included) at "
-        f"{footprint.peak_tree_kib / 1024:.0f} MiB summed RSS ({footprint.idle_tree_kib / 1024:.0f} MiB at rest) "
-        f"and {footprint.peak_tree_pss_kib / 1024:.0f} MiB summed PSS (pages shared by forked workers counted "
-        f"once), sampled every 50 ms. At rest the tree "
-        f"uses {footprint.idle_cpu_percent:.1f} % of one core, which the CPU column above includes.",
+        (
+            f"plvi memory while receiving {footprint.instances} instances from {footprint.senders} parallel senders: "
+            f"the main `plvi serve` process, where the listener runs, peaked at "
+            f"{footprint.peak_main_kib / 1024:.0f} MiB (VmHWM); "
+            f"its whole process tree ({footprint.processes} processes, workers included) at "
+            f"{footprint.peak_tree_kib / 1024:.0f} MiB summed RSS ({footprint.idle_tree_kib / 1024:.0f} MiB at rest) "
+            f"and {footprint.peak_tree_pss_kib / 1024:.0f} MiB summed PSS (pages shared by forked workers counted "
+            f"once), sampled every 50 ms. At rest the tree "
+            f"uses {footprint.idle_cpu_percent:.1f} % of one core, which the CPU column above includes."
+        ),
     ]
     return "\n".join(lines)
 
@@ -374,10 +390,14 @@ def report(runs: list[Run], footprint: Footprint, context: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=5, help="alternating repetitions per receiver (default 5)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="alternating repetitions per receiver (default 5)"
+    )
     parser.add_argument("--instances", type=int, default=300, help="instances in the study (default 300)")
     parser.add_argument("--senders", type=int, default=8, help="parallel storescu processes (default 8)")
-    parser.add_argument("--memory-instances", type=int, default=1000, help="instances for peak RSS (default 1000)")
+    parser.add_argument(
+        "--memory-instances", type=int, default=1000, help="instances for peak RSS (default 1000)"
+    )
     parser.add_argument("--quick", action="store_true", help="60 instances, 2 repetitions, 200 for memory")
     args = parser.parse_args(argv)
     if args.quick:

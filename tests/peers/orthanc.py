@@ -28,7 +28,11 @@ class Orthanc:
     tests can take the PACS away and return it."""
 
     def __init__(
-        self, work_dir: Path, *, aet: str = "ORTHANC", modalities: dict[str, tuple[str, str, int]] | None = None
+        self,
+        work_dir: Path,
+        *,
+        aet: str = "ORTHANC",
+        modalities: dict[str, tuple[str, str, int]] | None = None,
     ) -> None:
         self.aet = aet
         self.dicom_port = free_port()
@@ -87,7 +91,9 @@ class Orthanc:
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(f"Orthanc's REST API did not answer within {timeout} s; see {self.log_path}")
+                    raise TimeoutError(
+                        f"Orthanc's REST API did not answer within {timeout} s; see {self.log_path}"
+                    )
                 time.sleep(0.1)
         wait_for_port(self.dicom_port, self.process, timeout=max(1.0, deadline - time.monotonic()))
 

@@ -9,12 +9,16 @@ import subprocess
 import time
 
 
-def wait_for_port(port: int, process: subprocess.Popen, *, host: str = "127.0.0.1", timeout: float = 20) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen, *, host: str = "127.0.0.1", timeout: float = 20
+) -> None:
     """Block until `process` accepts TCP connections on `port`; fail with its exit code if it dies first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"{process.args[0]} exited with code {process.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
