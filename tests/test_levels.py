@@ -96,3 +96,16 @@ def test_a_sagittal_series_without_a_spine_is_l4_not_found_not_a_fault() -> None
     for volume in (np.zeros((3, 96, 96)), noise):
         finding = find_l4_upper_endplate(volume, geometry)
         assert (finding.upper_endplate_l4, finding.reason) == (None, "l4_not_found")
+
+
+def test_the_series_is_most_mirror_symmetric_about_its_midsagittal_slab() -> None:
+    from workers.analysis.levels import _mirror_symmetry
+
+    # Eleven 3 mm slabs through a body whose left and right halves mirror each other about slab 6, not the
+    # centre of the series (5): structures differ from slab to slab, but equally on both sides.
+    rng = np.random.default_rng(1)
+    patterns = [rng.uniform(0, 100, (64, 64)) for _ in range(7)]
+    volume = np.stack([patterns[abs(slab - 6)] for slab in range(11)])
+    scores = _mirror_symmetry(volume, 3.0)
+    assert int(np.argmax(scores)) == 6
+    assert np.isneginf(scores[[0, 1, 2, 8, 9, 10]]).all()  # too near an edge to have slabs 10 mm out on both sides

@@ -19,7 +19,7 @@ counting was: the pipeline sends any level below its confidence threshold to rev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -41,6 +41,8 @@ TILTS_DEGREES = (-40, -30, -20, -10, 0, 10, 20, 30, 40)
 DISC_MERGE_SIGMA_MM = 4.0  # smoothing of the edge profile that merges a disc's two surfaces into one peak
 MIN_PITCH_MM = 22.0  # closest two disc spaces can be: a short vertebral body plus a thin disc
 MIDLINE_HALF_WIDTH_MM = 6.0  # slabs averaged either side of the midline: well inside the vertebral bodies
+VOTE_AGREEMENT_MM = 12.0  # L4 endplates found on two slabs closer than half a vertebra agree
+SYMMETRY_REACH_MM = 10.0  # slabs compared either side of a candidate midline
 BODY_HALF_WIDTH_MM = 8.0  # half the depth of the band sampled along the column: the central part of the bodies
 
 
@@ -231,22 +233,50 @@ SET_ASIDE_CONFIDENCE = 0.8  # what setting a faint lowest candidate aside costs 
 INCLINATION_PER_PROMINENCE = 10.0  # degrees of inclination worth the full prominence of a disc, when telling L5-S1
 
 
-def _midline(grid: SagittalGrid) -> tuple[int, np.ndarray, np.ndarray]:
-    """The slab where the vertebral pitch stands out most (the midline), and the tilted edge responses and the
-    image averaged over the slabs within MIDLINE_HALF_WIDTH_MM of it.
+def _mirror_symmetry(images: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """For each slab, how alike the slabs at equal distances either side of it are (mean correlation of the pairs
+    within SYMMETRY_REACH_MM); -inf where the series does not reach that far on both sides.
 
-    Vertebral bodies are 40-50 mm wide, so their endplates are in every one of those slabs at the same place;
-    bowel loops and posterior elements change from slab to slab and average out."""
-    responses = [tilted_edge_responses(image) if np.any(image) else None for image in grid.images]
-    scores = [
+    The body is close to mirror-symmetric about the midsagittal plane, while the periodic vertebral pattern is
+    nearly the same in every slab within the 40-50 mm width of the bodies and so cannot tell the midline."""
+    pairs = max(1, int(round(SYMMETRY_REACH_MM / spacing_mm)))
+    smooth = np.stack([ndimage.gaussian_filter(image, EDGE_SIGMA_MM / GRID_MM) for image in images])
+    normalised = (smooth - smooth.mean(axis=(1, 2), keepdims=True)) / (smooth.std(axis=(1, 2), keepdims=True) + 1e-6)
+    scores = np.full(len(images), -np.inf)
+    for centre in range(pairs, len(images) - pairs):
+        scores[centre] = np.mean(
+            [np.mean(normalised[centre - j] * normalised[centre + j]) for j in range(1, pairs + 1)]
+        )
+    return scores
+
+
+def _midline_candidates(grid: SagittalGrid, responses: list[np.ndarray | None]) -> tuple[int, list[int]]:
+    """The midline slab (where the vertebral pitch stands out most) and the other slabs that may be the midline:
+    its neighbours and those of the slab about which the series is most mirror-symmetric.
+
+    Neither cue is sure: the vertebral pattern is nearly the same in every slab within the 40-50 mm width of the
+    bodies, and a scoliotic or rotated spine is not symmetric about one slab."""
+    present = np.array([r is not None for r in responses])
+    periodic = [
         float(_periodicity(endplate_response(r)[0]).max(axis=1).mean()) if r is not None else -np.inf
         for r in responses
     ]
-    best = int(np.argmax(scores))
-    spacing = float(np.linalg.norm(grid.slab_step)) or 1.0
-    reach = int(MIDLINE_HALF_WIDTH_MM // spacing)
-    near = [i for i in range(max(0, best - reach), best + reach + 1) if i < len(responses) and responses[i] is not None]
-    return best, np.mean([responses[i] for i in near], axis=0), grid.images[near].mean(axis=0)
+    symmetry = _mirror_symmetry(grid.images, float(np.linalg.norm(grid.slab_step)) or 1.0)
+    symmetry[~present] = -np.inf
+    midline = int(np.argmax(periodic))
+    centres = [midline, int(np.argmax(symmetry))] if np.isfinite(symmetry).any() else [midline]
+    around = {c + step for c in centres for step in (-1, 0, 1)} - {midline}
+    return midline, sorted(c for c in around if 0 <= c < len(responses) and present[c])
+
+
+def _around(grid: SagittalGrid, responses: list[np.ndarray | None], slab: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tilted edge responses and the image averaged over the slabs within MIDLINE_HALF_WIDTH_MM of a slab.
+
+    Vertebral bodies are 40-50 mm wide, so their endplates are in every one of those slabs at the same place;
+    bowel loops and posterior elements change from slab to slab and average out."""
+    reach = int(MIDLINE_HALF_WIDTH_MM // (float(np.linalg.norm(grid.slab_step)) or 1.0))
+    near = [i for i in range(max(0, slab - reach), min(len(responses), slab + reach + 1)) if responses[i] is not None]
+    return np.mean([responses[i] for i in near], axis=0), grid.images[near].mean(axis=0)
 
 
 def _caudal_endplate_row(response: np.ndarray, path: np.ndarray, disc_row: int) -> float:
@@ -294,7 +324,33 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
     grid = resample_sagittal(volume, geometry)
     if not np.any(grid.images):
         return LevelFinding(None, None, 0.0, "l4_not_found", {"discs_found": 0.0})
-    slab, tilted, midline_image = _midline(grid)
+    responses = [tilted_edge_responses(image) if np.any(image) else None for image in grid.images]
+    midline, others = _midline_candidates(grid, responses)
+    finding = _count_in_slab(grid, midline, *_around(grid, responses, midline))
+    if finding.upper_endplate_l4 is None:
+        return finding
+    # A count that changes with the slab it is read on is doubtful: the other slabs that may be the midline vote,
+    # each with its own confidence, and the share that agrees scales the confidence. The count itself stays the
+    # midline's: on real scans a young patient's S1-S2 junction can win a vote of the slabs nearest the midline.
+    votes = [_count_in_slab(grid, slab, *_around(grid, responses, slab)) for slab in others]
+    height = float(np.dot(finding.upper_endplate_l4.point, grid.caudal))
+    weights = [finding.confidence] + [v.confidence for v in votes]
+    agreeing = [finding.confidence] + [
+        v.confidence
+        for v in votes
+        if v.upper_endplate_l4 is not None
+        and abs(float(np.dot(v.upper_endplate_l4.point, grid.caudal)) - height) <= VOTE_AGREEMENT_MM
+    ]
+    agreement = sum(agreeing) / sum(weights) if sum(weights) > 0 else 0.0
+    return replace(
+        finding,
+        confidence=round(finding.confidence * agreement, 3),
+        evidence={**finding.evidence, "midline_agreement": round(agreement, 3)},
+    )
+
+
+def _count_in_slab(grid: SagittalGrid, slab: int, tilted: np.ndarray, midline_image: np.ndarray) -> LevelFinding:
+    """Count the discs up from the sacrum on the slabs around one midline candidate."""
     response, _ = endplate_response(tilted)
     n_rows = response.shape[0]
     # Smoothed across columns so that the path runs through the middle of the periodic band (the bodies), not
