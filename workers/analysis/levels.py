@@ -4,7 +4,9 @@ Method, on a 1 mm grid resampled in each sagittal slab with rows running caudall
 1. Endplates are long, nearly straight edges: the craniocaudal intensity gradient integrated along lines 36 mm long,
    tilted up to 40 degrees (the lordosis tilts L5-S1 most), responds to them far more than to soft tissue.
 2. The midline is the slab where those edges repeat most regularly; the response is averaged over the slabs within
-   6 mm of it, where the 40-50 mm wide vertebral bodies look alike and bowel loops or facets do not.
+   6 mm of it, where the 40-50 mm wide vertebral bodies look alike and bowel loops or facets do not. The same
+   count is repeated on the slabs next to it and next to the slab about which the series is mirror-symmetric:
+   the share of them that agree scales the confidence (the count changes with the slab more often than not).
 3. The vertebral column is the band of columns whose edge profile repeats at a vertebral pitch (25-50 mm), measured
    by autocorrelation in 100 mm windows and followed by dynamic programming as the lordosis bends it. Along it the
    peaks of the edge response are the disc spaces.
@@ -239,7 +241,7 @@ def _mirror_symmetry(images: np.ndarray, spacing_mm: float) -> np.ndarray:
 
     The body is close to mirror-symmetric about the midsagittal plane, while the periodic vertebral pattern is
     nearly the same in every slab within the 40-50 mm width of the bodies and so cannot tell the midline."""
-    pairs = max(1, int(round(SYMMETRY_REACH_MM / spacing_mm)))
+    pairs = max(1, round(SYMMETRY_REACH_MM / spacing_mm))
     smooth = np.stack([ndimage.gaussian_filter(image, EDGE_SIGMA_MM / GRID_MM) for image in images])
     normalised = (smooth - smooth.mean(axis=(1, 2), keepdims=True)) / (smooth.std(axis=(1, 2), keepdims=True) + 1e-6)
     scores = np.full(len(images), -np.inf)
