@@ -12,7 +12,6 @@ a busy moment on the machine does not fall on one of them only. Figures are prin
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import statistics
@@ -34,25 +33,6 @@ from tests.peers.dcmtk import dcmtk_environment, run_storescp, storescu
 from tests.peers.orthanc import run_orthanc
 from tests.peers.processes import stop_process, wait_for_port
 
-# `plvi serve` exists once the service lands; until then the listener alone, started the way the service starts it.
-LISTENER_ONLY = """
-import threading, signal
-from plvi.db import make_engine, upgrade_database
-from plvi.logs import configure_logging
-from plvi.settings import load_settings
-from listener.scp import start_listener
-configure_logging()
-settings = load_settings()
-upgrade_database(settings.effective_database_url)
-listener = start_listener(settings, make_engine(settings.effective_database_url))
-stopping = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-while not stopping.wait(0.5):
-    pass
-listener.shutdown()
-"""
-
-
 # ---------------------------------------------------------------------------------------------------- receivers
 
 
@@ -70,13 +50,6 @@ def count_files(folder: Path) -> int:
     return sum(1 for _ in folder.rglob("*.dcm"))
 
 
-def plvi_command() -> tuple[list[str], str]:
-    """`plvi serve` when the service exists, else the listener alone; the second item names which one runs."""
-    if importlib.util.find_spec("plvi.service") is not None:
-        return [str(Path(sys.executable).parent / "plvi"), "serve"], "plvi serve"
-    return [sys.executable, "-c", LISTENER_ONLY], "listener.scp only (plvi.service not landed)"
-
-
 @contextmanager
 def run_plvi(work_dir: Path) -> Iterator[Receiver]:
     """Our service with private data and ports, and a settle time long enough that no analysis runs meanwhile."""
@@ -91,10 +64,14 @@ def run_plvi(work_dir: Path) -> Iterator[Receiver]:
     }
     for inherited in ("PLVI_DATABASE_URL", "PLVI_BROKER_URL", "PLVI_SETTINGS_FILE"):
         env.pop(inherited, None)
-    command, _ = plvi_command()
     with (work_dir / "plvi.log").open("wb") as log:
         process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work_dir, start_new_session=True
+            [str(Path(sys.executable).parent / "plvi"), "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=work_dir,
+            start_new_session=True,
         )
     try:
         wait_for_port(port, process, timeout=60)
@@ -429,10 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch / "study")
         memory_paths = write_study(scratch / "memory-study", args.memory_instances, seed=2)
         footprint = measure_footprint(memory_paths, args.senders, scratch)
-    _, variant = plvi_command()
     context = (
         f"{args.instances} MR instances of 512x512 ({runs[0].megabytes / args.instances:.2f} MB each), "
-        f"{args.repeat} alternating repetitions, medians, fresh receivers, TCP_NODELAY=1; plvi = {variant}; "
+        f"{args.repeat} alternating repetitions, medians, fresh receivers, TCP_NODELAY=1; plvi = `plvi serve`; "
         f"{os.cpu_count()} cores, load average {load_before:.1f} at start and {os.getloadavg()[0]:.1f} at end"
     )
     print(report(runs, footprint, context))
