@@ -13,10 +13,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.valuerep import DA, TM
-from skimage.segmentation import find_boundaries
 
 from reports.instance import NewInstance
-from reports.seg import STRUCTURES
+from reports.overlay import outlined_rgb
 from reports.source import displayed_frame
 
 MIN_SHORT_SIDE = 512  # upscale small MR matrices so the burned-in text stays legible beside the anatomy
@@ -30,19 +29,7 @@ def render_key_image(image: np.ndarray, masks: dict[str, np.ndarray], lines: lis
     patient directions of the rows and columns (e.g. ("L", "P")) for the side markers.
     """
     factor = max(1, math.ceil(MIN_SHORT_SIDE / min(image.shape)))
-    low, high = np.percentile(image, [1.0, 99.5])
-    grey = np.clip((image.astype(np.float64) - low) / max(high - low, 1e-9), 0.0, 1.0)
-    grey8 = (grey * 255).round().astype(np.uint8)
-    grey8 = np.kron(grey8, np.ones((factor, factor), dtype=np.uint8))
-    rgb = np.repeat(grey8[:, :, np.newaxis], 3, axis=2)
-    for structure in STRUCTURES:
-        mask = masks.get(structure.mask_key)
-        if mask is None or not mask.any():
-            continue
-        large = np.kron(mask.astype(np.uint8), np.ones((factor, factor), dtype=np.uint8)).astype(bool)
-        edge = find_boundaries(large, mode="inner")
-        edge = edge | np.roll(edge, 1, axis=0) | np.roll(edge, 1, axis=1)  # two pixels wide
-        rgb[edge & large] = structure.display_rgb
+    rgb = outlined_rgb(image, masks, factor)
 
     picture = Image.fromarray(rgb, mode="RGB")
     draw = ImageDraw.Draw(picture)

@@ -10,15 +10,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 from plvi.settings import Settings
 from reports.objects import build_result_objects, write_named_files
+from reports.overlay import outlined_rgb
 from workers.pipeline import ALGORITHM_VERSION, StudyAnalysis, analyze_paths
 from workers.study_files import StudyFilesError, read_dataset
-
-# Outline colours on the overlay: the patient's left psoas, right psoas, and the L4 body.
-OUTLINE_COLOURS = {"psoas_left": (255, 80, 80), "psoas_right": (80, 160, 255), "vertebra": (255, 220, 0)}
 
 
 def analyze_command(paths: list[Path], settings: Settings, json_output: bool, out: Path | None) -> int:
@@ -59,17 +56,8 @@ def write_outputs(analysis: StudyAnalysis, out: Path, result_json: str) -> None:
 
 
 def overlay_image(image: np.ndarray, masks: dict[str, np.ndarray]) -> Image.Image:
-    """The slice as stored (row 0 at the top) with a one-pixel outline of each mask."""
-    low, high = np.percentile(image, (1, 99.5))
-    grey = np.clip((image - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
-    rgb = np.stack([grey] * 3, axis=-1)
-    for name, colour in OUTLINE_COLOURS.items():
-        mask = masks.get(name)
-        if mask is None or not mask.any():
-            continue
-        outline = mask & ~ndimage.binary_erosion(mask)
-        rgb[outline] = colour
-    picture = Image.fromarray(rgb)
+    """The slice as stored (row 0 at the top, not enlarged) with the outline of each mask and a legend."""
+    picture = Image.fromarray(outlined_rgb(image, masks, 1))
     ImageDraw.Draw(picture).text((4, 4), "L psoas red, R psoas blue, L4 body yellow", fill=(255, 255, 255))
     return picture
 

@@ -14,17 +14,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
-from scipy import ndimage
 from sqlmodel import Session, select
 
 from plvi.logs import kv
 from plvi.models import Analysis, Instance
 from plvi.settings import Settings
+from reports.overlay import outlined_rgb
 
 log = logging.getLogger(__name__)
 
-# Colours of the outlines (RGB); the legend on the study page uses the same ones.
-OUTLINE_COLOURS = {"psoas_left": (255, 64, 64), "psoas_right": (64, 160, 255), "vertebra": (255, 210, 0)}
 DISPLAY_SIZE = 512
 
 
@@ -47,21 +45,11 @@ def store_masks(settings: Settings, study_uid: str, instance_set_hash: str, mask
 
 
 def render_key_image(image: np.ndarray, masks: dict[str, np.ndarray]) -> bytes:
-    """PNG of `image` windowed to its 1st-99th percentile, enlarged to about 512 px, with each mask's outline."""
-    pixels = image.astype(np.float32)
-    low, high = np.percentile(pixels, [1, 99]) if pixels.size else (0.0, 1.0)
-    grey = np.clip((pixels - low) / max(float(high - low), 1e-6) * 255, 0, 255).astype(np.uint8)
-    scale = max(1, DISPLAY_SIZE // max(image.shape))
-    rgb = np.repeat(np.kron(grey, np.ones((scale, scale), dtype=np.uint8))[..., None], 3, axis=2)
-    for name, colour in OUTLINE_COLOURS.items():
-        mask = masks.get(name)
-        if mask is None or mask.shape != image.shape or not mask.any():
-            continue
-        large = np.kron(mask.astype(np.uint8), np.ones((scale, scale), dtype=np.uint8)).astype(bool)
-        outline = large & ~ndimage.binary_erosion(large, iterations=max(1, scale // 2))
-        rgb[outline] = colour
+    """PNG of `image` enlarged to about 512 px, with each mask's outline."""
     buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG")
+    Image.fromarray(outlined_rgb(image, masks, max(1, DISPLAY_SIZE // max(image.shape))), mode="RGB").save(
+        buffer, format="PNG"
+    )
     return buffer.getvalue()
 
 

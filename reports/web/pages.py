@@ -14,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from plvi.db import session_scope
 from plvi.models import User
+from reports.overlay import OUTLINE_COLOURS
 from reports.web.auth import (
     SESSION_COOKIE,
     authenticate_password,
@@ -21,7 +22,6 @@ from reports.web.auth import (
     revoke_token,
     user_from_request,
 )
-from reports.web.keyimage import OUTLINE_COLOURS
 from reports.web.review import submit_review
 from reports.web.worklist import (
     STATUSES,
