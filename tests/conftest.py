@@ -1,4 +1,5 @@
-"""Fixtures shared by the suite: free loopback ports, settings under a temporary folder, real databases."""
+"""Fixtures shared by the suite: free loopback ports, settings under a temporary folder, real databases and the
+rows a test reads back from them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
 from plvi.db import make_engine, upgrade_database
+from plvi.models import Analysis, OutboxMessage
 from plvi.settings import Settings
-from tests.real_data import REAL_DATA
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -37,6 +40,14 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh, migrated SQLite file, for tests whose subject does not depend on the kind of database."""
+    url = f"sqlite:///{tmp_path / 'listener.db'}"
+    upgrade_database(url)
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database: a SQLite file, or a private database on the local PostgreSQL server."""
@@ -59,3 +70,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on `database_url`, disposed after the test."""
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def outbox_rows(engine: Engine) -> list[OutboxMessage]:
+    with Session(engine) as session:
+        return list(session.exec(select(OutboxMessage)).all())
+
+
+def analyses(engine: Engine) -> list[Analysis]:
+    with Session(engine) as session:
+        return list(session.exec(select(Analysis)).all())

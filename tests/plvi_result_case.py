@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from tests.conftest import REAL_DATA
+from tests.real_data import REAL_DATA
 
 CASE = REAL_DATA / "musclemap-t2ax"
 INSTANCE = 16

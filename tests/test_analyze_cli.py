@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REAL_DATA
+from tests.real_data import REAL_DATA
 from tests.test_pipeline import RESULT_KEYS, _ivd_study_with_axial
 
 PLVI = Path(sys.executable).parent / "plvi"

@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from plvi.db import make_engine
 from plvi.models import Analysis
 from reports import codes
 from reports.seg import STRUCTURES
@@ -50,13 +49,6 @@ def serve(tmp_path: Path, database_url: str, orthanc: Orthanc) -> Iterator[Serve
         pacs_retry_base_seconds=1,
     ) as service:
         yield service
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def send_phantom(serve: Serve, folder: Path, seed: int, options: PhantomOptions) -> PhantomTruth:

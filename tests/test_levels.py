@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import REAL_DATA
+from tests.real_data import REAL_DATA
 from tests.synthetic_series import AXIAL, tilted_axial
 from workers.analysis.geometry import Plane, angle_between_degrees, slice_geometry, unit
 from workers.analysis.slices import MAX_CAUDAL_MM, choose_axial_slice

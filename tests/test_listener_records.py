@@ -14,7 +14,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from listener.records import InstanceRecord, RecordWriter
-from plvi.db import make_engine
 from plvi.models import Instance, Series, Study
 
 
@@ -33,13 +32,6 @@ def record(number: int, *, study: str = "1.2.3", sha256: str = "a" * 64) -> Inst
         patient_id="P" * 80,  # longer than the column: clipped, never a failed instance
         series_description="t2_tse_tra",
     )
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

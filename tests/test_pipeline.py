@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.conftest import REAL_DATA
+from tests.real_data import REAL_DATA
 from tests.synthetic_series import SAGITTAL, axial_positions, write_series
 from workers.pipeline import analyze_paths, empty_result
 

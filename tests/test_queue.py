@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from listener.tracker import settle_studies
-from plvi.db import make_engine
-from plvi.models import Analysis, OutboxMessage, utcnow
+from plvi.models import OutboxMessage, utcnow
 from plvi.outbox import analyze_study_key, publish_pending, redeliver_unfinished, retry_delay_seconds
 from plvi.service import WorkerProcess
 from plvi.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import analyses, free_port, outbox_rows
 from tests.peers.redis import RedisServer, run_redis
 from tests.serve_process import wait_for
 from tests.test_tracker import STUDY, receive
@@ -32,13 +31,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
 @contextmanager
 def real_worker(settings: Settings) -> Iterator[WorkerProcess]:
     """A `plvi worker` process with one pool process, consuming the settings' broker."""
@@ -48,16 +40,6 @@ def real_worker(settings: Settings) -> Iterator[WorkerProcess]:
         yield worker
     finally:
         worker.stop()
-
-
-def outbox_rows(engine: Engine) -> list[OutboxMessage]:
-    with Session(engine) as session:
-        return list(session.exec(select(OutboxMessage)).all())
-
-
-def analyses(engine: Engine) -> list[Analysis]:
-    with Session(engine) as session:
-        return list(session.exec(select(Analysis)).all())
 
 
 def settled_study(settings: Settings, engine: Engine) -> None:

@@ -15,11 +15,10 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from plvi.db import make_engine
-from plvi.models import Analysis, Instance, OutboxMessage, Study
+from plvi.models import Instance, Study
 from plvi.service import settings_environment
 from plvi.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import analyses, free_port, outbox_rows
 from tests.dicom_factory import data_set_bytes, write_mr_study
 from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.redis import run_redis
@@ -36,13 +35,6 @@ def serve(tmp_path: Path, database_url: str) -> Iterator[Serve]:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def study_files(tmp_path: Path) -> list[Path]:
     return write_mr_study(
         tmp_path / "study", series=SERIES, instances_per_series=INSTANCES_PER_SERIES, rows=32, cols=32
@@ -52,16 +44,6 @@ def study_files(tmp_path: Path) -> list[Path]:
 def count(engine: Engine, model: type) -> int:
     with Session(engine) as session:
         return session.exec(select(func.count()).select_from(model)).one()
-
-
-def outbox_rows(engine: Engine) -> list[OutboxMessage]:
-    with Session(engine) as session:
-        return list(session.exec(select(OutboxMessage)).all())
-
-
-def analyses(engine: Engine) -> list[Analysis]:
-    with Session(engine) as session:
-        return list(session.exec(select(Analysis)).all())
 
 
 def send(serve: Serve, study_files: list[Path]) -> None:

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pydicom
-import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from listener.records import InstanceRecord, record_instances
 from listener.tracker import instance_set_hash, settle_studies
-from plvi.db import make_engine
 from plvi.models import Analysis, OutboxMessage, Study, utcnow
 from plvi.outbox import analyze_study_key
 from plvi.settings import Settings
@@ -25,13 +22,6 @@ from workers.processing import process_study
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def instance_record(
