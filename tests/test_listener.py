@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import (
+    JPEG2000,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     MRImageStorage,
@@ -31,7 +31,7 @@ from sqlmodel import Session, select
 
 from listener.scp import Listener, start_listener
 from listener.spool import sha256_of
-from plvi.db import make_engine, upgrade_database
+from plvi.db import make_engine
 from plvi.models import Instance, Series, Study
 from plvi.settings import Settings
 from tests.dicom_factory import data_set_bytes, write_mr_study
@@ -59,13 +59,6 @@ def running_listener(settings: Settings, database_url: str) -> Iterator[Listener
     finally:
         listener.shutdown()
         engine.dispose()
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'listener.db'}"
-    upgrade_database(url)
-    return url
 
 
 def spooled_path(settings: Settings, sent: Path) -> Path:

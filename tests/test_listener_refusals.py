@@ -17,7 +17,13 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
@@ -31,7 +37,7 @@ from plvi.models import Instance
 from plvi.settings import Settings
 from tests.dicom_factory import data_set_bytes, write_mr_study, write_secondary_capture
 from tests.peers.dcmtk import echoscu, storescu
-from tests.test_listener import assert_sent, rows, running_listener, sqlite_url  # noqa: F401 (fixture)
+from tests.test_listener import assert_sent, rows, running_listener
 
 
 def with_settings(settings: Settings, **changes: object) -> Settings:
