@@ -19,6 +19,7 @@ from functools import lru_cache
 from sqlalchemy import Column, Connection, Executable, case
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from plvi.logs import kv
 from plvi.models import Instance, Series, Study
@@ -87,7 +88,7 @@ def _upserts(dialect_name: str) -> _Upserts:
         # New bytes, or the same SOP Instance UID filed under another series, update the row; an identical resend
         # changes nothing.
         where=(INSTANCE.c.sha256 != new.sha256) | (INSTANCE.c.path != new.path),
-    ).returning(INSTANCE.c.id)  # a row comes back only when something was written (rowcount is -1 on psycopg)
+    ).returning(INSTANCE.c.sop_instance_uid)  # only rows written come back (rowcount is -1 on psycopg)
     study = insert(STUDY)
     study_upsert = study.on_conflict_do_update(
         index_elements=[STUDY.c.study_instance_uid],
@@ -98,32 +99,45 @@ def _upserts(dialect_name: str) -> _Upserts:
 
 
 def record_instances(connection: Connection, records: Sequence[InstanceRecord]) -> None:
-    """Upsert the rows of `records` inside the caller's transaction.
+    """Upsert the rows of `records` inside the caller's transaction, three statements for the whole batch.
 
     An identical duplicate (same SOP Instance UID and sha256) changes nothing, not even the study's receive time;
-    different bytes update the instance row, count the replacement and re-open the study."""
+    different bytes update the instance row, count the replacement and re-open the study. The records must have
+    distinct SOP Instance UIDs (PostgreSQL refuses to upsert one row twice in a statement)."""
+    if not records:
+        return
     upserts = _upserts(connection.dialect.name)
-    for record in records:
-        written = connection.execute(
-            upserts.instance,
-            {
-                "sop_instance_uid": record.sop_instance_uid,
-                "series_instance_uid": record.series_instance_uid,
-                "study_instance_uid": record.study_instance_uid,
-                "sop_class_uid": record.sop_class_uid,
-                "transfer_syntax_uid": record.transfer_syntax_uid,
-                "path": record.path,
-                "size_bytes": record.size_bytes,
-                "sha256": record.sha256,
-                "calling_ae": record.calling_ae,
-                "received_at": record.received_at,
-                "replaced_count": 0,
-            },
-        ).first()
-        if written is None:
-            continue
+    written_uids = set(
         connection.execute(
-            upserts.study,
+            upserts.instance,
+            [
+                {
+                    "sop_instance_uid": record.sop_instance_uid,
+                    "series_instance_uid": record.series_instance_uid,
+                    "study_instance_uid": record.study_instance_uid,
+                    "sop_class_uid": record.sop_class_uid,
+                    "transfer_syntax_uid": record.transfer_syntax_uid,
+                    "path": record.path,
+                    "size_bytes": record.size_bytes,
+                    "sha256": record.sha256,
+                    "calling_ae": record.calling_ae,
+                    "received_at": record.received_at,
+                    "replaced_count": 0,
+                }
+                for record in records
+            ],
+        ).scalars()
+    )
+    written = [record for record in records if record.sop_instance_uid in written_uids]
+    if not written:
+        return
+    # One row per study and series (the same upsert twice in one statement is an error on PostgreSQL), in key
+    # order so that concurrent writers lock them in the same order.
+    studies: dict[str, dict[str, object]] = {}
+    series: dict[str, dict[str, object]] = {}
+    for record in written:
+        study = studies.setdefault(
+            record.study_instance_uid,
             {
                 "study_instance_uid": record.study_instance_uid,
                 "patient_id": _fit(STUDY.c.patient_id, record.patient_id),
@@ -134,8 +148,10 @@ def record_instances(connection: Connection, records: Sequence[InstanceRecord]) 
                 "state": "receiving",
             },
         )
-        connection.execute(
-            upserts.series,
+        study["first_received_at"] = min(study["first_received_at"], record.received_at)  # type: ignore[type-var]
+        study["last_received_at"] = max(study["last_received_at"], record.received_at)  # type: ignore[type-var]
+        series.setdefault(
+            record.series_instance_uid,
             {
                 "series_instance_uid": record.series_instance_uid,
                 "study_instance_uid": record.study_instance_uid,
@@ -144,6 +160,8 @@ def record_instances(connection: Connection, records: Sequence[InstanceRecord]) 
                 "series_description": _fit(SERIES.c.series_description, record.series_description),
             },
         )
+    connection.execute(upserts.study, [studies[uid] for uid in sorted(studies)])
+    connection.execute(upserts.series, [series[uid] for uid in sorted(series)])
 
 
 @dataclass
@@ -159,7 +177,10 @@ class _Pending:
 
 class RecordWriter:
     """Group commit without a writer thread: a handler that finds no commit in progress commits every row queued
-    so far (its own included) while the others wait for that commit; a lone sender pays no thread hand-off."""
+    so far (its own included) while the others wait for that commit; a lone sender pays no thread hand-off.
+
+    The leaders share one database connection, kept open between commits: checking a connection out of the pool
+    (with PostgreSQL's pre-ping) for every instance cost more CPU than the upserts themselves."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -167,13 +188,18 @@ class RecordWriter:
         self._changed = threading.Condition()
         self._committing = False
         self._stopping = False
+        self._connection: Connection | None = None  # used by the current leader only
 
     def start(self) -> None:
         self._stopping = False
 
     def stop(self) -> None:
-        """Refuse new rows; rows already queued are committed by the handlers waiting for them."""
-        self._stopping = True
+        """Refuse new rows; rows already queued are committed by the handlers waiting for them (the last leader
+        then closes the connection)."""
+        with self._changed:
+            self._stopping = True
+            if not self._committing:
+                self._disconnect()
 
     def record(self, record: InstanceRecord, timeout: float = 60.0) -> None:
         """Return once the row is committed; raise the database's error (or TimeoutError) if it is not."""
@@ -206,12 +232,13 @@ class RecordWriter:
         finally:
             self._changed.acquire()
             self._committing = False
+            if self._stopping and not self._queue:
+                self._disconnect()
             self._changed.notify_all()
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            with self.engine.begin() as connection:
-                record_instances(connection, [pending.record for pending in batch])
+            self._commit_once(batch)
         except Exception as batch_error:  # one bad row must not fail its neighbours: retry them one by one
             if len(batch) == 1:
                 batch[0].error = batch_error
@@ -222,3 +249,26 @@ class RecordWriter:
             return
         for pending in batch:
             pending.committed = True
+
+    def _commit_once(self, batch: list[_Pending]) -> None:
+        """One transaction for the batch; a connection the database dropped (restart, idle timeout) is replaced
+        once, as the pool's pre-ping would have done."""
+        for attempt in (1, 2):
+            if self._connection is None:
+                self._connection = self.engine.connect()
+            try:
+                with self._connection.begin():
+                    record_instances(self._connection, [pending.record for pending in batch])
+                return
+            except DBAPIError as error:
+                self._disconnect()
+                if attempt == 2 or not error.connection_invalidated:
+                    raise
+            except Exception:
+                self._disconnect()
+                raise
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
