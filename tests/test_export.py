@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import SecretStr
 from sqlmodel import select
 
-from plvi.db import make_engine, session_scope
+from plvi.db import session_scope
 from plvi.models import AuditEvent, ExportRun
 from plvi.settings import Settings
 from reports.export.cohort import COLUMN_NAMES
@@ -34,13 +34,6 @@ PLVI = str(Path(sys.executable).parent / "plvi")
 @pytest.fixture
 def export_settings(settings: Settings, database_url: str) -> Settings:
     return settings.model_copy(update={"database_url": database_url, "export_key": SecretStr(KEY)})
-
-
-@pytest.fixture
-def engine(export_settings: Settings):  # type: ignore[no-untyped-def]
-    engine = make_engine(export_settings.effective_database_url)
-    yield engine
-    engine.dispose()
 
 
 def _all_text(out_dir: Path) -> str:

@@ -11,7 +11,7 @@ import pytest
 from hl7.mllp import start_hl7_server
 from sqlmodel import select
 
-from plvi.db import make_engine, session_scope
+from plvi.db import session_scope
 from plvi.models import Analysis, Hl7Message, Study, utcnow
 from plvi.settings import Settings
 from reports.hl7 import deliver_hl7, sync_worklist_flags
@@ -78,13 +78,6 @@ def ris():  # type: ignore[no-untyped-def]
 def hl7_settings(settings: Settings, database_url: str, ris: MllpRis) -> Settings:
     return settings.model_copy(update={"database_url": database_url, "hl7_host": "127.0.0.1", "hl7_port": ris.port,
                                        "hl7_timeout_seconds": 2.0, "hl7_receiving_facility": "RADIOLOGY"})
-
-
-@pytest.fixture
-def engine(hl7_settings: Settings):  # type: ignore[no-untyped-def]
-    engine = make_engine(hl7_settings.effective_database_url)
-    yield engine
-    engine.dispose()
 
 
 def _obx(message: hl7.Message) -> dict[str, hl7.Segment]:

@@ -53,13 +53,6 @@ def sender_settings(tmp_path: Path, database_url: str) -> Settings:
     )
 
 
-@pytest.fixture
-def engine(sender_settings: Settings):
-    engine = make_engine(sender_settings.effective_database_url)
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def case():
     return real_slice_case()
