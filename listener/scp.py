@@ -12,10 +12,8 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, replace
-from io import BytesIO
 from typing import Any
 
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -47,6 +45,7 @@ from listener.access import (
     AccessPolicy,
     Rejection,
 )
+from listener.file_meta import file_meta_bytes
 from listener.received import (
     CANNOT_PARSE,
     OUT_OF_RESOURCES,
@@ -90,14 +89,6 @@ class Peer:
     @classmethod
     def of(cls, event: Event) -> Peer:
         return cls(event.assoc.requestor.ae_title.strip(), *_requestor_address(event))
-
-
-def _file_meta_bytes(event: Event) -> bytes:
-    """Preamble, prefix and file meta group for the data set as received (PS3.10 7.1)."""
-    buffer = BytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, event.file_meta, enforce_standard=True)  # type: ignore[arg-type]
-    return buffer.getvalue()
 
 
 class _Server(ThreadedAssociationServer):
@@ -279,7 +270,10 @@ class Listener:
                     record.study_instance_uid,
                     record.series_instance_uid,
                     record.sop_instance_uid,
-                    (_file_meta_bytes(event), dataset_bytes),
+                    (
+                        file_meta_bytes(record.sop_class_uid, record.sop_instance_uid, transfer_syntax),
+                        dataset_bytes,
+                    ),
                 )
                 try:
                     self.writer.record(

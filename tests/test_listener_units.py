@@ -5,10 +5,18 @@ from __future__ import annotations
 import socket
 import threading
 import zlib
+from io import BytesIO
 from pathlib import Path
 
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    MRImageStorage,
+)
+from pynetdicom.dsutils import create_file_meta
 
 from listener import received, scp
 from listener.access import (
@@ -16,6 +24,7 @@ from listener.access import (
     DIAGNOSTIC_NO_REASON_GIVEN,
     AccessPolicy,
 )
+from listener.file_meta import file_meta_bytes
 from listener.spool import OutOfSpace, Spool, is_safe_uid
 from plvi.db import make_engine
 from plvi.settings import Settings
@@ -142,3 +151,17 @@ def test_undo_puts_back_what_the_database_still_describes(tmp_path: Path) -> Non
     spool.keep(kept)
     assert first.path.read_bytes() == b"DICM-three"
     assert not list(spool.incoming.iterdir()), "replaced versions are not left behind"
+
+
+@pytest.mark.parametrize("sop_instance_uid", ["1.2.3.4", "1.2.3.45"])  # odd and even length: padding
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, JPEG2000Lossless])
+def test_file_meta_header_is_what_pydicom_writes_for_the_request(
+    sop_instance_uid: str, transfer_syntax: str
+) -> None:
+    expected = BytesIO()
+    expected.write(b"\x00" * 128 + b"DICM")
+    meta = create_file_meta(
+        sop_class_uid=MRImageStorage, sop_instance_uid=sop_instance_uid, transfer_syntax=transfer_syntax
+    )
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    assert file_meta_bytes(MRImageStorage, sop_instance_uid, transfer_syntax) == expected.getvalue()
