@@ -87,13 +87,19 @@ def latest_reviews(session: Session, analysis_ids: list[int | None]) -> dict[int
     return newest
 
 
-def _worklist_row(study: Study, analysis: Analysis | None, review: Review | None) -> dict[str, Any]:
+def _study_fields(study: Study) -> dict[str, Any]:
+    """What the worklist and the study page both say about a study."""
     return {
         "study_instance_uid": study.study_instance_uid,
         "patient_id": study.patient_id,
         "accession_number": study.accession_number,
         "study_date": study.study_date,
         "received_at": study.first_received_at,
+    }
+
+
+def _worklist_row(study: Study, analysis: Analysis | None, review: Review | None) -> dict[str, Any]:
+    return _study_fields(study) | {
         "status": analysis.status if analysis else "pending",
         "reason": analysis.reason if analysis else None,
         "plvi": analysis.plvi if analysis else None,
@@ -144,12 +150,7 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
     reviews = session.exec(
         select(Review).where(Review.study_instance_uid == study_uid).order_by(Review.created_at.desc(), Review.id.desc())  # type: ignore[attr-defined]
     ).all()
-    return {
-        "study_instance_uid": study.study_instance_uid,
-        "patient_id": study.patient_id,
-        "accession_number": study.accession_number,
-        "study_date": study.study_date,
-        "received_at": study.first_received_at,
+    return _study_fields(study) | {
         "state": study.state,
         "analysis": None if analysis is None else {
             "id": analysis.id, "status": analysis.status, "reason": analysis.reason, "plvi": analysis.plvi,
