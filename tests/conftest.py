@@ -81,8 +81,9 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def outbox_rows(engine: Engine) -> list[OutboxMessage]:
+    """The outbox in the order the messages were written."""
     with Session(engine) as session:
-        return list(session.exec(select(OutboxMessage)).all())
+        return list(session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all())
 
 
 def analyses(engine: Engine) -> list[Analysis]:

@@ -14,9 +14,10 @@ from sqlmodel import Session, select
 
 from listener.records import InstanceRecord, record_instances
 from listener.tracker import instance_set_hash, settle_studies
-from plvi.models import Analysis, OutboxMessage, Study, utcnow
+from plvi.models import Analysis, Study, utcnow
 from plvi.outbox import analyze_study_key
 from plvi.settings import Settings
+from tests.conftest import outbox_rows
 from tests.dicom_factory import write_mr_study
 from workers.processing import process_study
 
@@ -90,11 +91,6 @@ def receive(
     return record
 
 
-def outbox(engine: Engine) -> list[OutboxMessage]:
-    with Session(engine) as session:
-        return list(session.exec(select(OutboxMessage).order_by(OutboxMessage.id)).all())
-
-
 def study(engine: Engine, study_uid: str = STUDY) -> Study:
     with Session(engine) as session:
         return session.exec(select(Study).where(Study.study_instance_uid == study_uid)).one()
@@ -115,7 +111,7 @@ def test_study_settles_only_after_the_quiet_period(settings: Settings, engine: E
 
     assert settle_studies(settings, engine, now=T0 + timedelta(seconds=1.2)) == []  # 0.7 s since the last one
     assert study(engine).state == "receiving"
-    assert outbox(engine) == []
+    assert outbox_rows(engine) == []
 
     assert settle_studies(settings, engine, now=T0 + timedelta(seconds=1.6)) == [STUDY]
     settled = study(engine)
@@ -135,7 +131,7 @@ def test_settled_study_has_exactly_one_outbox_row_however_often_the_tracker_runs
     assert settle_studies(settings, engine, now=later) == []
     assert settle_studies(settings, engine, now=later + timedelta(minutes=5)) == []
 
-    [message] = outbox(engine)
+    [message] = outbox_rows(engine)
     set_hash = study(engine).instance_set_hash
     assert message.kind == "analyze_study"
     assert message.key == f"analyze_study:{STUDY}:{set_hash}"
@@ -159,7 +155,7 @@ def test_late_instance_reopens_the_study_and_queues_an_analysis_that_supersedes_
 
     second_hash = study(engine).instance_set_hash
     assert second_hash != first_hash
-    assert [m.key for m in outbox(engine)] == [
+    assert [m.key for m in outbox_rows(engine)] == [
         analyze_study_key(STUDY, first_hash),
         analyze_study_key(STUDY, second_hash),
     ]
@@ -179,7 +175,7 @@ def test_an_older_analysis_not_yet_handed_to_the_broker_is_superseded_instead_of
     receive(settings, engine, f"{STUDY}.1.2", at=T0 + timedelta(seconds=3))
     settle_studies(settings, engine, now=T0 + timedelta(seconds=5))
 
-    assert [m.state for m in outbox(engine)] == ["superseded", "pending"]
+    assert [m.state for m in outbox_rows(engine)] == ["superseded", "pending"]
 
 
 def test_resending_identical_instances_queues_nothing_new(settings: Settings, engine: Engine) -> None:
@@ -191,7 +187,7 @@ def test_resending_identical_instances_queues_nothing_new(settings: Settings, en
     settle_studies(settings, engine, now=T0 + timedelta(seconds=20))
     assert study(engine).state == "settled"
     assert study(engine).instance_set_hash == first_hash
-    assert len(outbox(engine)) == 1
+    assert len(outbox_rows(engine)) == 1
 
 
 def test_replaced_instance_bytes_queue_a_new_analysis(settings: Settings, engine: Engine) -> None:
@@ -200,7 +196,7 @@ def test_replaced_instance_bytes_queue_a_new_analysis(settings: Settings, engine
     receive(settings, engine, f"{STUDY}.1.1", at=T0 + timedelta(seconds=10), content="corrected")
 
     assert settle_studies(settings, engine, now=T0 + timedelta(seconds=20)) == [STUDY]
-    assert len({m.key for m in outbox(engine)}) == 2
+    assert len({m.key for m in outbox_rows(engine)}) == 2
 
 
 def test_processing_the_same_instance_set_twice_stores_one_analysis(
@@ -221,7 +217,7 @@ def test_processing_the_same_instance_set_twice_stores_one_analysis(
     assert [(s["series_number"], s["instances"]) for s in first.result["series"]] == [(1, 1), (2, 2)]
     with Session(engine) as session:
         assert len(session.exec(select(Analysis)).all()) == 1
-    assert [m.state for m in outbox(engine)] == ["done"]
+    assert [m.state for m in outbox_rows(engine)] == ["done"]
 
 
 def test_each_study_settles_on_its_own_clock(settings: Settings, engine: Engine) -> None:
@@ -231,7 +227,7 @@ def test_each_study_settles_on_its_own_clock(settings: Settings, engine: Engine)
 
     assert settle_studies(settings, engine, now=T0 + timedelta(seconds=3)) == [STUDY]
     assert settle_studies(settings, engine, now=T0 + timedelta(seconds=7)) == [other]
-    assert len(outbox(engine)) == 2
+    assert len(outbox_rows(engine)) == 2
 
 
 def test_instance_recorded_while_the_tracker_settles_keeps_the_study_open(
@@ -251,4 +247,4 @@ def test_instance_recorded_while_the_tracker_settles_keeps_the_study_open(
 
     assert settled == [[]]
     assert study(engine).state == "receiving"
-    assert outbox(engine) == []
+    assert outbox_rows(engine) == []
