@@ -11,7 +11,8 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, replace
+import weakref
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydicom.uid import (
@@ -91,6 +92,19 @@ class Peer:
         return cls(event.assoc.requestor.ae_title.strip(), *_requestor_address(event))
 
 
+@dataclass
+class Traffic:
+    """What one association brought, for the INFO line logged when it ends. Per-instance lines are DEBUG: at
+    hundreds of instances per second a line each costs CPU and buries everything else in the log."""
+
+    peer: Peer
+    started: float = field(default_factory=time.monotonic)
+    instances: int = 0
+    bytes: int = 0
+    refused: int = 0
+    failed: int = 0
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's threaded server with two changes on accepted sockets:
 
@@ -137,6 +151,8 @@ class Listener:
         for sop_class in STORAGE_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         self._server: _Server | None = None
+        # Keyed by pynetdicom's Association: one that dies without release or abort leaves no entry behind.
+        self._traffic: weakref.WeakKeyDictionary[Any, Traffic] = weakref.WeakKeyDictionary()
 
     @property
     def port(self) -> int:
@@ -153,6 +169,8 @@ class Listener:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
         ]
         # AE.start_server(block=False) with our server class (it offers no way to pass one).
         try:
@@ -220,6 +238,7 @@ class Listener:
     def _on_accepted(self, event: Event) -> None:
         peer = Peer.of(event)
         refused = sorted({str(context.abstract_syntax.name) for context in event.assoc.rejected_contexts})
+        self._traffic[event.assoc] = Traffic(peer)
         log.info(kv("association_accepted", calling_ae=peer.calling_ae, peer=peer.address))
         if refused:
             # Not negotiated, so never received: a PACS autorouting everything cannot fill our disk. A warning when
@@ -231,9 +250,26 @@ class Listener:
                     calling_ae=peer.calling_ae,
                     peer=peer.address,
                     sop_classes=";".join(refused),
-                    accepted="MR/Enhanced MR/CT/Enhanced CT Image Storage",
-                )
+                    accepted=";".join(uid.name for uid in STORAGE_SOP_CLASSES),
+                ),
             )
+
+    def _on_ended(self, event: Event) -> None:
+        traffic = self._traffic.pop(event.assoc, None)
+        if traffic is None:
+            return
+        log.info(
+            kv(
+                "association_released" if event.event is evt.EVT_RELEASED else "association_aborted",
+                calling_ae=traffic.peer.calling_ae,
+                peer=traffic.peer.address,
+                instances=traffic.instances,
+                bytes=traffic.bytes,
+                refused=traffic.refused,
+                failed=traffic.failed,
+                seconds=round(time.monotonic() - traffic.started, 1),
+            )
+        )
 
     def _on_echo(self, event: Event) -> int:
         peer = Peer.of(event)
@@ -243,7 +279,18 @@ class Listener:
     def _on_store(self, event: Event) -> int:
         # A view of pynetdicom's receive buffer: the data set is never copied, decoded or re-encoded.
         with event.request.DataSet.getbuffer() as dataset_bytes:
-            return self._store(event, dataset_bytes)
+            status = self._store(event, dataset_bytes)
+            size = len(dataset_bytes)
+        traffic = self._traffic.get(event.assoc)
+        if traffic is not None:
+            if status == SUCCESS:
+                traffic.instances += 1
+                traffic.bytes += size
+            elif status == OUT_OF_RESOURCES:
+                traffic.failed += 1
+            else:
+                traffic.refused += 1
+        return status
 
     def _store(self, event: Event, dataset_bytes: memoryview) -> int:
         started = time.perf_counter()
@@ -296,18 +343,19 @@ class Listener:
                 )
             )
             return OUT_OF_RESOURCES
-        log.info(
-            kv(
-                "instance_stored",
-                study_uid=record.study_instance_uid,
-                series_uid=record.series_instance_uid,
-                sop_instance_uid=record.sop_instance_uid,
-                outcome=stored.outcome,
-                bytes=stored.size_bytes,
-                calling_ae=peer.calling_ae,
-                ms=round((time.perf_counter() - started) * 1000, 1),
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                kv(
+                    "instance_stored",
+                    study_uid=record.study_instance_uid,
+                    series_uid=record.series_instance_uid,
+                    sop_instance_uid=record.sop_instance_uid,
+                    outcome=stored.outcome,
+                    bytes=stored.size_bytes,
+                    calling_ae=peer.calling_ae,
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )
             )
-        )
         return SUCCESS
 
     def _quarantine(self, bad: BadInstance, peer: Peer, event: Event, dataset_bytes: memoryview) -> None:
