@@ -40,8 +40,8 @@ from __future__ import annotations
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 PRIVATE_SCHEME = "99PLVI"
 PRIVATE_SCHEME_NAME = "PLVI screening service private codes"

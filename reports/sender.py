@@ -216,7 +216,7 @@ def _store_one_safely(assoc: Association, payload: dict) -> Outcome:
     """Any unexpected error is this object's failed attempt (recorded, backed off), never a silent retry loop."""
     try:
         return _store_one(assoc, payload)
-    except Exception as error:  # noqa: BLE001 - the boundary between one object and the rest of the batch
+    except Exception as error:  # the boundary between one object and the rest of the batch
         log.exception(kv("result_send_error", sop_uid=payload["sop_instance_uid"], destination=payload["destination"]))
         return Outcome(False, f"error while sending: {error!r}")
 

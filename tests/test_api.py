@@ -23,9 +23,9 @@ from plvi.models import Analysis, OutboxMessage, Study, User, utcnow
 from plvi.settings import Settings
 from reports.export.run import run_export
 from reports.hl7 import sync_worklist_flags
+from reports.overlay import OUTLINE_COLOURS
 from reports.web.api import api_router
 from reports.web.auth import authenticate_password, create_user, issue_token, user_for_token
-from reports.overlay import OUTLINE_COLOURS
 from reports.web.server import start_api
 from tests.conftest import free_port
 from tests.http_server import serve_http

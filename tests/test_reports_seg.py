@@ -71,7 +71,7 @@ def test_segment_geometry_is_the_source_plane(written):
 
 def test_left_psoas_segment_lies_on_the_patients_left(written):
     """Anatomy as a flip check: in LPS, +x is the patient's left, so the left psoas has the larger x."""
-    source, _, path = written
+    _, _, path = written
     seg = hd.seg.segread(path)
     shared = seg.SharedFunctionalGroupsSequence[0]
     plane = (

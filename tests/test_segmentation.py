@@ -14,11 +14,11 @@ import numpy as np
 import pydicom
 import pytest
 
+from tests.real_data import REAL_DATA
 from workers.analysis.measure import measure_plvi
-from workers.analysis.quality import DEFAULT_LIMITS, assess_quality
+from workers.analysis.quality import assess_quality
 from workers.analysis.segmentation import SliceSegmentation, canonical_view, segment_slice
 from workers.phantom.study import PhantomOptions, generate_study
-from tests.real_data import REAL_DATA
 
 MUSCLEMAP = REAL_DATA / "musclemap-t2ax"
 USUAL_AXIAL = {"patient_left": (0.0, 1.0), "patient_anterior": (-1.0, 0.0)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
+
 import numpy as np
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine

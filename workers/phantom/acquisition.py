@@ -16,6 +16,7 @@ from workers.phantom.spine import SpineTables, canal_geometry
 from workers.phantom.stacks import SlicePlane
 from workers.phantom.structures import Layer, composite, layers
 
+
 def bias_field(anatomy: Anatomy, draws: Draws) -> BiasField:
     """Spine-array elements under the back (and a body array on the abdomen unless the study is hard)."""
     t = SpineTables.of(anatomy)

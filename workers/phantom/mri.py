@@ -6,9 +6,8 @@ turbo/fast spin echo (J-coupling breaks up, so fat stays bright on T2 TSE) rathe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft

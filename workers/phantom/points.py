@@ -9,6 +9,7 @@ import numpy as np
 from workers.phantom.anatomy import Anatomy
 from workers.phantom.stacks import SlicePlane
 
+
 @dataclass
 class Points:
     """Sample points in the spine frame (float32 arrays of N)."""

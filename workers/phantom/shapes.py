@@ -12,6 +12,7 @@ import numpy as np
 from workers.phantom.anatomy import Anatomy
 from workers.phantom.points import Points
 
+
 def soft(distance: np.ndarray, h: float) -> np.ndarray:
     """Fraction of a pixel of size h inside a structure whose signed distance at the pixel centre is `distance`."""
     return np.clip(0.5 - distance / h, 0.0, 1.0)

@@ -43,6 +43,7 @@ from workers.phantom.truth import (
     slice_truth,
 )
 
+
 def generate_study(seed: int, out_dir: Path, options: PhantomOptions | None = None) -> PhantomTruth:
     """Write one phantom study (DICOM files in series folders, truth.json, truth_masks.npz,
     truth_masks_by_slice.npz) under out_dir."""
