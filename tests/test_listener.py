@@ -107,6 +107,19 @@ def test_multi_series_study_is_spooled_byte_identical_and_recorded(
     assert not list(settings.spool_dir.joinpath(".incoming").iterdir()), "temporary files left behind"
 
 
+def test_traffic_is_logged_once_per_association_not_per_instance(
+    settings: Settings, sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_mr_study(tmp_path / "study", series=1, instances_per_series=3)
+    caplog.set_level("INFO", logger="listener.scp")
+    with running_listener(settings, sqlite_url):
+        assert_sent(storescu(settings.port, [tmp_path / "study"]))
+
+    (ended,) = [line for line in caplog.messages if line.startswith("association_released")]
+    assert "calling_ae=STORESCU" in ended and "instances=3" in ended and "refused=0 failed=0" in ended
+    assert not any(line.startswith("instance_stored") for line in caplog.messages), "a line per instance at INFO"
+
+
 @pytest.mark.parametrize("transfer_syntax", list(PROPOSE), ids=lambda uid: uid.keyword)
 def test_every_accepted_transfer_syntax_is_stored_as_received(
     settings: Settings, sqlite_url: str, tmp_path: Path, transfer_syntax: str
