@@ -250,8 +250,8 @@ class Listener:
                     calling_ae=peer.calling_ae,
                     peer=peer.address,
                     sop_classes=";".join(refused),
-                    accepted="MR/Enhanced MR/CT/Enhanced CT Image Storage",
-                )
+                    accepted=";".join(uid.name for uid in STORAGE_SOP_CLASSES),
+                ),
             )
 
     def _on_ended(self, event: Event) -> None:
