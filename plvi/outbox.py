@@ -39,9 +39,10 @@ def analyze_study_key(study_uid: str, instance_set_hash: str) -> str:
     return f"{ANALYZE_STUDY}:{study_uid}:{instance_set_hash}"
 
 
-def retry_delay_seconds(attempts: int, max_seconds: float) -> float:
-    """1, 2, 4, ... seconds after the 1st, 2nd, 3rd failed attempt, never more than `max_seconds`."""
-    return min(max_seconds, 2.0 ** min(attempts - 1, 30))
+def retry_delay_seconds(attempts: int, max_seconds: float, *, base_seconds: float = 1.0) -> float:
+    """`base_seconds` times 1, 2, 4, ... after the 1st, 2nd, 3rd failed attempt, never more than `max_seconds`; the
+    backoff of every outbox (tasks, PACS deliveries, HL7 messages)."""
+    return min(max_seconds, base_seconds * 2.0 ** min(attempts - 1, 30))
 
 
 def publish_pending(

@@ -22,6 +22,7 @@ from sqlmodel import Session, select
 from plvi.db import session_scope
 from plvi.logs import kv
 from plvi.models import Analysis, Hl7Message, Review, Study, utcnow
+from plvi.outbox import retry_delay_seconds
 from plvi.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -220,10 +221,6 @@ def check_ack(answer: str, control_id: str) -> str:
     return code
 
 
-def _backoff(attempts: int) -> timedelta:
-    return timedelta(seconds=min(5 * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS))
-
-
 def deliver_hl7(settings: Settings, engine: Engine, now: datetime | None = None) -> int:
     """Periodic job: send every due message in order; returns how many the RIS accepted."""
     if not settings.hl7_host:
@@ -276,6 +273,7 @@ def _book(settings: Settings, row: Hl7Message, outcome: tuple[str, str], now: da
         log.error(kv("hl7_failed", attempts=row.attempts, error=row.last_error,
                      action="check the RIS interface, then set the message's state back to pending", **fields))
         return
-    row.next_attempt_at = now + _backoff(row.attempts)
+    delay = retry_delay_seconds(row.attempts, MAX_BACKOFF_SECONDS, base_seconds=5)
+    row.next_attempt_at = now + timedelta(seconds=delay)
     log.warning(kv("hl7_retry", attempts=row.attempts, error=row.last_error, next_attempt_at=row.next_attempt_at,
                    **fields))

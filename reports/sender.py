@@ -31,6 +31,7 @@ from sqlmodel import Session, select
 from plvi.db import session_scope
 from plvi.logs import kv
 from plvi.models import OutboxMessage, utcnow
+from plvi.outbox import retry_delay_seconds
 from plvi.settings import Settings
 from reports.objects import ResultObjects, write_result_objects
 
@@ -175,7 +176,9 @@ def _record(row: OutboxMessage, payload: dict, outcome: Outcome, settings: Setti
         log.error(kv("result_send_failed", **fields, path=payload["path"],
                      action="check that the destination accepts this object; its file stays at path"))
     else:
-        delay = min(settings.pacs_retry_base_seconds * 2 ** (row.attempts - 1), settings.pacs_retry_max_seconds)
+        delay = retry_delay_seconds(
+            row.attempts, settings.pacs_retry_max_seconds, base_seconds=settings.pacs_retry_base_seconds
+        )
         row.next_attempt_at = utcnow() + timedelta(seconds=delay)
         log.warning(kv("result_send_retry", **fields, retry_in_s=round(delay, 3)))
 
