@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 from pydantic import SecretStr
+from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from plvi.db import make_engine, session_scope, upgrade_database
@@ -41,11 +42,10 @@ def api_settings(settings: Settings, database_url: str) -> Settings:
 
 
 @pytest.fixture
-def engine(api_settings: Settings):  # type: ignore[no-untyped-def]
-    engine = make_engine(api_settings.effective_database_url)
+def engine(engine: Engine) -> Engine:
+    """The suite's engine (on api_settings' database), with the reader the tests log in as."""
     create_user(engine, USER, PASSWORD, "Dr Reader One")
-    yield engine
-    engine.dispose()
+    return engine
 
 
 @pytest.fixture
