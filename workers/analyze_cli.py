@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from plvi.settings import Settings
 from reports.objects import build_result_objects, write_named_files
 from reports.overlay import outlined_rgb
+from reports.web.keyimage import write_masks
 from workers.pipeline import ALGORITHM_VERSION, StudyAnalysis, analyze_paths
 from workers.study_files import StudyFilesError, read_dataset
 
@@ -45,7 +46,7 @@ def write_outputs(analysis: StudyAnalysis, out: Path, result_json: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(result_json + "\n")
     if analysis.masks and analysis.image is not None:
-        np.savez_compressed(out / "masks.npz", **analysis.masks)
+        write_masks(out / "masks.npz", analysis.masks)
         overlay_image(analysis.image, analysis.masks).save(out / "overlay.png")
     source_path = analysis.source_path or analysis.study_image_path
     if source_path is not None:

@@ -32,8 +32,13 @@ def masks_path(settings: Settings, study_uid: str, instance_set_hash: str) -> Pa
 
 def store_masks(settings: Settings, study_uid: str, instance_set_hash: str, masks: dict[str, np.ndarray]) -> Path:
     """Keep an analysis's masks where the dashboard's key image finds them (the worker calls this when it stores
-    the Analysis row). Written to a temporary file and renamed, so a reader never sees half a file."""
-    target = masks_path(settings, study_uid, instance_set_hash)
+    the Analysis row)."""
+    return write_masks(masks_path(settings, study_uid, instance_set_hash), masks)
+
+
+def write_masks(target: Path, masks: dict[str, np.ndarray]) -> Path:
+    """The masks as one .npz of bool arrays, written to a temporary file and renamed, so a reader never sees half a
+    file (the worker's store and `plvi analyze --out` write the same format)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     with open(partial, "wb") as handle:
