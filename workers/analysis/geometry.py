@@ -50,11 +50,6 @@ class Plane:
         }
 
 
-def distance_to_plane(point: Sequence[float] | Vector, plane: Plane) -> float:
-    """Signed distance in mm from the plane to the point, positive on the side its normal points to."""
-    return float(np.dot(np.asarray(point, dtype=float) - plane.point, plane.normal))
-
-
 def slice_normal(orientation: Sequence[float]) -> Vector:
     """Unit normal of an image plane from its ImageOrientationPatient (row direction x column direction)."""
     row_direction = unit(orientation[:3])
@@ -135,11 +130,6 @@ def slice_geometry(
         rows=int(rows),
         columns=int(columns),
     )
-
-
-def slice_plane(position: Sequence[float], orientation: Sequence[float]) -> Plane:
-    """The plane an image lies in, through its first pixel (enough for distances along the normal)."""
-    return Plane(point=np.asarray(position, dtype=float), normal=slice_normal(orientation))
 
 
 def position_along(point: Sequence[float] | Vector, direction: Sequence[float] | Vector) -> float:
