@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from plvi.db import session_scope
 from plvi.models import Analysis, Instance, Series, Study
 from plvi.settings import Settings
-from reports.web.keyimage import store_masks
+from reports.masks import store_masks
 
 SIZE = 128
 PIXEL_MM = 1.5

@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from plvi.settings import Settings
+from reports.masks import write_masks
 from reports.objects import build_result_objects, write_named_files
 from reports.overlay import outlined_rgb
-from reports.web.keyimage import write_masks
 from workers.pipeline import ALGORITHM_VERSION, StudyAnalysis, analyze_paths
 from workers.study_files import StudyFilesError, read_dataset
 

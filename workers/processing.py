@@ -23,9 +23,9 @@ from plvi.logs import kv
 from plvi.models import Analysis, Instance, OutboxMessage, Series, Study
 from plvi.outbox import analyze_study_key
 from plvi.settings import Settings
+from reports.masks import store_masks
 from reports.objects import build_result_objects
 from reports.sender import queue_result_objects
-from reports.web.keyimage import store_masks
 from workers.pipeline import ALGORITHM_VERSION, StudyAnalysis, analyze_paths
 from workers.study_files import read_dataset
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -19,34 +17,12 @@ from sqlmodel import Session, select
 from plvi.logs import kv
 from plvi.models import Analysis, Instance
 from plvi.settings import Settings
+from reports.masks import load_masks
 from reports.overlay import outlined_rgb
 
 log = logging.getLogger(__name__)
 
 DISPLAY_SIZE = 512
-
-
-def masks_path(settings: Settings, study_uid: str, instance_set_hash: str) -> Path:
-    return settings.results_dir / study_uid / instance_set_hash / "masks.npz"
-
-
-def store_masks(settings: Settings, study_uid: str, instance_set_hash: str, masks: dict[str, np.ndarray]) -> Path:
-    """Keep an analysis's masks where the dashboard's key image finds them (the worker calls this when it stores
-    the Analysis row)."""
-    return write_masks(masks_path(settings, study_uid, instance_set_hash), masks)
-
-
-def write_masks(target: Path, masks: dict[str, np.ndarray]) -> Path:
-    """The masks as one .npz of bool arrays, written to a temporary file and renamed, so a reader never sees half a
-    file (the worker's store and `plvi analyze --out` write the same format)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
-        np.savez_compressed(handle, **{name: np.asarray(mask, dtype=bool) for name, mask in masks.items()})
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, target)
-    return target
 
 
 def render_key_image(image: np.ndarray, masks: dict[str, np.ndarray]) -> bytes:
@@ -71,9 +47,4 @@ def key_image_png(settings: Settings, session: Session, analysis: Analysis) -> b
     image = dataset.pixel_array
     if image.ndim != 2:  # a multi-frame object: the measured frame is not recorded; show none rather than a wrong one
         return None
-    stored = masks_path(settings, analysis.study_instance_uid, analysis.instance_set_hash)
-    masks: dict[str, np.ndarray] = {}
-    if stored.is_file():
-        with np.load(stored) as archive:
-            masks = {name: archive[name] for name in archive.files}
-    return render_key_image(image, masks)
+    return render_key_image(image, load_masks(settings, analysis.study_instance_uid, analysis.instance_set_hash))
