@@ -109,3 +109,16 @@ def test_the_series_is_most_mirror_symmetric_about_its_midsagittal_slab() -> Non
     scores = _mirror_symmetry(volume, 3.0)
     assert int(np.argmax(scores)) == 6
     assert np.isneginf(scores[[0, 1, 2, 8, 9, 10]]).all()  # too near an edge to have slabs 10 mm out on both sides
+
+
+def test_a_full_height_disc_stands_out_from_bone_more_than_a_fused_sacral_junction() -> None:
+    from workers.analysis.levels import _disc_band_contrast
+
+    # Along a straight column (grid column 40): bone at 100, a 10 mm disc at 30 (L5-S1) starting at row 80 and a
+    # 2 mm line at 85 (the S1-S2 junction) at row 120, the body of S1 between them continuous bone.
+    image = np.full((200, 80), 100.0)
+    image[:40] = 20.0  # soft tissue above the field's bone gives the image its range
+    image[80:90] = 30.0
+    image[120:122] = 85.0
+    disc, junction = _disc_band_contrast(image, np.full(200, 40.0), [80, 120])
+    assert disc > 2 * junction

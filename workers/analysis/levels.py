@@ -12,7 +12,8 @@ Method, on a 1 mm grid resampled in each sagittal slab with rows running caudall
    peaks of the edge response are the disc spaces.
 4. Counting up from the sacrum: disc spaces need a vertebral body's height of image below them; the lowest may
    still be a sacral segment junction (S1-S2 in young adults), fainter or flatter than L5-S1, the most inclined
-   disc of a supine patient. The second disc above L5-S1 is L3-L4, and the L4 upper endplate is the caudal
+   disc of a supine patient, and a thin line in fused bone where L5-S1 is a full-height band between two bodies
+   (its intensity stands out from the bone around it). The second disc above L5-S1 is L3-L4, and the L4 upper endplate is the caudal
    surface of that disc.
 Transitional anatomy (six lumbar vertebrae, a sacralised L5) cannot be told apart without seeing the ribs, so the
 count reported is what was seen from the sacrum upwards, capped at five, and the confidence says how clear the
@@ -232,6 +233,8 @@ CAUDAL_SURFACE_REACH_MM = 13.0  # the merged edge peak may sit on a disc's crani
 BODY_BELOW_MM = 16.0  # image needed below a disc space to see the vertebral body that makes it one
 SACRAL_JUNCTION_PROMINENCE = 0.5  # a lowest candidate fainter than this share of the median is a sacral junction
 SET_ASIDE_CONFIDENCE = 0.8  # what setting a faint lowest candidate aside costs the count's confidence
+DISC_CONTRAST_WEIGHT = 30.0  # degrees of inclination worth a disc band as distinct as the image's whole range
+FAINT_JUNCTION_CONTRAST = 0.5  # a lowest candidate with less than this share of the median band contrast is sacral
 INCLINATION_PER_PROMINENCE = 10.0  # degrees of inclination worth the full prominence of a disc, when telling L5-S1
 
 
@@ -321,6 +324,24 @@ def _inclination(tilted: np.ndarray, path: np.ndarray, row: int) -> float:
     return float(abs(np.median(per_pixel)) + 0.5 * abs(of_mean))
 
 
+def _disc_band_contrast(image: np.ndarray, path: np.ndarray, rows: list[int]) -> list[float]:
+    """How distinct each candidate's disc band is from the bone around it: the largest departure of the intensity
+    along the column (within the disc's reach of the peak) from the median over the vertebrae either side, as a
+    share of the image's intensity range along the column.
+
+    L5-S1 is a full-height disc between two vertebral bodies; below it the sacral segments are fused, so an S1-S2
+    junction is a thin, faint line in continuous bone, whatever the weighting (dark or bright discs)."""
+    along = ndimage.gaussian_filter1d(_band_profile(image, path, half_width_mm=6.0), EDGE_SIGMA_MM / GRID_MM)
+    scale = float(np.percentile(along, 95) - np.percentile(along, 5)) or 1.0
+    n_rows = len(along)
+    contrasts = []
+    for row in rows:
+        around = along[max(0, row - int(35 / GRID_MM)) : min(n_rows, row + int(40 / GRID_MM))]
+        band = along[max(0, row - int(6 / GRID_MM)) : min(n_rows, row + int(CAUDAL_SURFACE_REACH_MM / GRID_MM) + 1)]
+        contrasts.append(float(np.max(np.abs(band - np.median(around)))) / scale)
+    return contrasts
+
+
 def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> LevelFinding:
     """Label the lumbar discs from the sacrum upwards and return the L4 upper endplate as a plane in patient mm."""
     grid = resample_sagittal(volume, geometry)
@@ -373,12 +394,18 @@ def _count_in_slab(grid: SagittalGrid, slab: int, tilted: np.ndarray, midline_im
     # Below L5-S1 the sacrum may still show a segment junction (S1-S2 in young adults): usually fainter than the
     # discs above, or flatter than L5-S1, the most inclined disc of a supine patient (the sacral slope). A faint
     # lowest candidate is set aside; of the two lowest left, L5-S1 is the more inclined and distinct one.
+    contrasts = _disc_band_contrast(midline_image, path, candidates)
     end = len(candidates)
-    set_aside = end >= 4 and strengths[-1] < SACRAL_JUNCTION_PROMINENCE * float(np.median(strengths[:-1]))
+    set_aside = end >= 4 and (
+        strengths[-1] < SACRAL_JUNCTION_PROMINENCE * float(np.median(strengths[:-1]))
+        or contrasts[-1] < FAINT_JUNCTION_CONTRAST * float(np.median(contrasts[:-1]))
+    )
     if set_aside:
         end -= 1  # a faint L5-S1 (seen on real scans) would be lost here, so the confidence pays for it below
     scores = {
-        i: _inclination(tilted, path, candidates[i]) + INCLINATION_PER_PROMINENCE * strengths[i]
+        i: _inclination(tilted, path, candidates[i])
+        + INCLINATION_PER_PROMINENCE * strengths[i]
+        + DISC_CONTRAST_WEIGHT * contrasts[i]
         for i in range(max(0, end - 2), end)
     }
     ranked = sorted(scores, key=lambda i: (scores[i], i), reverse=True)
