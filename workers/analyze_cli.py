@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from plvi.settings import Settings
 from reports.masks import write_masks
 from reports.objects import build_result_objects, write_named_files
 from reports.overlay import outlined_rgb
-from workers.pipeline import ALGORITHM_VERSION, StudyAnalysis, analyze_paths
+from workers.pipeline import ALGORITHM_VERSION, StudyAnalysis, analyze_paths, result_json
 from workers.study_files import StudyFilesError, read_dataset
 
 
@@ -28,7 +27,7 @@ def analyze_command(paths: list[Path], settings: Settings, json_output: bool, ou
     except StudyFilesError as error:
         print(f"plvi analyze: {error}", file=sys.stderr)
         return 2
-    text = json.dumps(analysis.result, indent=2, allow_nan=False, default=_json_default)
+    text = result_json(analysis.result, indent=2)
     if out is not None:
         write_outputs(analysis, out, text)
     if json_output:
@@ -82,11 +81,3 @@ def _summary(result: dict[str, Any]) -> str:
             f"{result['slice']['slice_to_endplate_mm']} mm below the endplate"
         )
     return "\n".join(lines)
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

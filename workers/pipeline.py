@@ -6,6 +6,7 @@ results with a reason, never exceptions; exceptions are faults (unreadable input
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -295,3 +296,15 @@ def _measure(
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(float(value), digits)
 
+
+def result_json(result: dict[str, Any], *, indent: int | None = None) -> str:
+    """The result object as JSON, numpy scalars and arrays as plain numbers and lists; NaN is refused, not written."""
+    return json.dumps(result, indent=indent, allow_nan=False, default=_json_value)
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"result value of type {type(value).__name__} is not JSON")

@@ -12,7 +12,6 @@ import json
 import logging
 from datetime import datetime
 
-import numpy as np
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -26,7 +25,7 @@ from plvi.settings import Settings
 from reports.masks import store_masks
 from reports.objects import build_result_objects
 from reports.sender import queue_result_objects
-from workers.pipeline import ALGORITHM_VERSION, StudyAnalysis, analyze_paths
+from workers.pipeline import ALGORITHM_VERSION, StudyAnalysis, analyze_paths, result_json
 from workers.study_files import read_dataset
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def _store(
             reason=result["reason"],
             plvi=result["plvi"],
             low_psoas_mass=result["low_psoas_mass"],
-            result=json.loads(json.dumps(result, default=_plain)),
+            result=json.loads(result_json(result)),
             algorithm_version=ALGORITHM_VERSION,
             settings_used={"cutoff": settings.cutoff},
             created_at=queued_at,
@@ -150,12 +149,3 @@ def _queued_at(session: Session, key: str) -> datetime:
 
 def _mark_done(session: Session, key: str) -> None:
     session.execute(update(OutboxMessage).where(OutboxMessage.key == key).values(state="done"))
-
-
-def _plain(value: object) -> object:
-    """numpy scalars and arrays in the result become JSON numbers and lists."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"result value of type {type(value).__name__} is not JSON")
