@@ -8,8 +8,10 @@ Method, on a 1 mm grid resampled in each sagittal slab with rows running caudall
    count is repeated on the slabs next to it and next to the slab about which the series is mirror-symmetric:
    the share of them that agree scales the confidence (the count changes with the slab more often than not).
 3. The vertebral column is the band of columns whose edge profile repeats at a vertebral pitch (25-50 mm), measured
-   by autocorrelation in 100 mm windows and followed by dynamic programming as the lordosis bends it. Along it the
-   peaks of the edge response are the disc spaces.
+   by autocorrelation in 100 mm windows and followed by dynamic programming as the lordosis bends it. Below the
+   clearest disc of the upper half it is redrawn by walking from disc to disc, each about one pitch along the
+   last one's normal, which follows the lordosis into the sacrum. Along it the peaks of the edge response are the
+   disc spaces.
 4. Counting up from the sacrum: disc spaces need a vertebral body's height of image below them; the lowest may
    still be a sacral segment junction (S1-S2 in young adults), fainter or flatter than L5-S1, the most inclined
    disc of a supine patient, and a thin line in fused bone where L5-S1 is a full-height band between two bodies
@@ -342,6 +344,95 @@ def _disc_band_contrast(image: np.ndarray, path: np.ndarray, rows: list[int]) ->
     return contrasts
 
 
+WALK_PITCH_MM = (20.0, 54.0)  # how far the next disc may be from the last along the column
+WALK_PITCH_CHANGE = (0.75, 1.3)  # next pitch / last pitch: neighbouring vertebrae are about the same height
+WALK_LATERAL_MM = 6.0  # how far off the line through the last disc's centre the next may lie
+WALK_TILT_CHANGE_DEGREES = 15.0  # how much more or less inclined the next disc may be
+WALK_MIN_STRENGTH = 0.3  # a next "disc" weaker than this share of the discs followed so far ends the walk
+WALK_MAX_STEPS = 12
+PATHS_DISAGREE_CONFIDENCE = 0.5  # what a count that the walk and the periodic band disagree on keeps of its confidence
+
+
+def _tilt_at(merged: np.ndarray, row: float, column: float, tilt: float) -> float:
+    """The tilt (within WALK_TILT_CHANGE_DEGREES of the given one) of the strongest merged response near a point."""
+    allowed = np.abs(np.asarray(TILTS_DEGREES, dtype=float) - tilt) <= WALK_TILT_CHANGE_DEGREES
+    r, c = round(row), round(column)
+    box = merged[:, max(0, r - 4) : r + 5, max(0, c - 4) : c + 5].reshape(len(TILTS_DEGREES), -1)
+    if box.size == 0:
+        return tilt
+    return float(TILTS_DEGREES[int(np.argmax(np.where(allowed, box.max(axis=1), -np.inf)))])
+
+
+def _walk_caudally(merged: np.ndarray, row: float, column: float, tilt: float) -> list[tuple[float, float, float]]:
+    """Disc centres (row, column, tilt) found by stepping from one disc to the next down the column.
+
+    Each disc's plane tells where the column goes: the next disc lies about one vertebral pitch away along its
+    normal. This follows the lordosis into the sacrum, where the column turns posteriorly and a path drawn through
+    the most periodic band runs on into the bowel."""
+    _, n_rows, n_columns = merged.shape
+    found: list[tuple[float, float, float]] = []
+    strengths: list[float] = []
+    pitches = np.arange(WALK_PITCH_MM[0], WALK_PITCH_MM[1] + 1, GRID_MM)
+    laterals = np.arange(-WALK_LATERAL_MM, WALK_LATERAL_MM + 1, 2.0)
+    last_pitch: float | None = None
+    for _ in range(WALK_MAX_STEPS):
+        theta = np.radians(tilt)
+        normal = np.array([np.cos(theta), -np.sin(theta)])  # caudal, perpendicular to the disc
+        along = np.array([np.sin(theta), np.cos(theta)])  # along the disc, posteriorly
+        allowed = np.abs(np.asarray(TILTS_DEGREES, dtype=float) - tilt) <= WALK_TILT_CHANGE_DEGREES
+        rows = row + pitches[:, None] * normal[0] + laterals[None, :] * along[0]
+        columns = column + pitches[:, None] * normal[1] + laterals[None, :] * along[1]
+        values = ndimage.map_coordinates(merged[allowed].max(axis=0), [rows, columns], order=1, cval=0.0)
+        profile = values.max(axis=1)
+        if last_pitch is not None:
+            plausible = (pitches >= WALK_PITCH_CHANGE[0] * last_pitch) & (pitches <= WALK_PITCH_CHANGE[1] * last_pitch)
+            profile = np.where(plausible, profile, 0.0)
+        peaks, _ = signal.find_peaks(np.concatenate([[0.0], profile, [0.0]]))
+        if len(peaks) == 0:
+            break
+        best = int(peaks[np.argmax(profile[peaks - 1])] - 1)
+        if strengths and profile[best] < WALK_MIN_STRENGTH * float(np.median(strengths)):
+            break
+        lateral = laterals[int(np.argmax(values[best]))]
+        row, column = np.array([row, column]) + pitches[best] * normal + lateral * along
+        if not (0 <= row < n_rows and 0 <= column < n_columns):
+            break
+        tilt = _tilt_at(merged, row, column, tilt)
+        found.append((float(row), float(column), tilt))
+        strengths.append(float(profile[best]))
+        last_pitch = float(pitches[best])
+    return found
+
+
+def _follow_column(tilted: np.ndarray, path: np.ndarray) -> np.ndarray:
+    """The column's centre at every row: the periodic path down to the clearest disc in the upper half of the
+    field, then through the disc centres found by walking down from it, and beyond the last in its direction."""
+    merged = ndimage.gaussian_filter1d(tilted, DISC_MERGE_SIGMA_MM / GRID_MM, axis=1)
+    profile = _band_profile(merged.max(axis=0), path, half_width_mm=2.0)
+    n_rows = len(path)
+    margin = int(BODY_BELOW_MM / GRID_MM)
+    if n_rows <= 2 * margin:
+        return path
+    # The anchor is in the upper half of the field, where the column runs nearly straight and the periodic path
+    # is sure to be on it; the pelvis below has edges enough to outshine any disc.
+    anchor_row = margin + int(np.argmax(profile[margin : n_rows // 2]))
+    anchor_column = float(path[anchor_row])
+    anchor_tilt = _tilt_at(merged, anchor_row, anchor_column, 0.0)
+    chain = [(float(anchor_row), anchor_column, anchor_tilt)]
+    chain += _walk_caudally(merged, *chain[0])
+    if len(chain) < 2:
+        return path
+    rows = np.array([disc[0] for disc in chain])
+    columns = np.array([disc[1] for disc in chain])
+    every = np.arange(n_rows, dtype=float)
+    followed = path.astype(float).copy()
+    between = (every >= rows[0]) & (every <= rows[-1])
+    followed[between] = np.interp(every[between], rows, columns)
+    below = every > rows[-1]
+    followed[below] = columns[-1] - np.tan(np.radians(chain[-1][2])) * (every[below] - rows[-1])
+    return np.clip(followed, 0, tilted.shape[2] - 1)
+
+
 def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> LevelFinding:
     """Label the lumbar discs from the sacrum upwards and return the L4 upper endplate as a plane in patient mm."""
     grid = resample_sagittal(volume, geometry)
@@ -349,14 +440,22 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
         return LevelFinding(None, None, 0.0, "l4_not_found", {"discs_found": 0.0})
     responses = [tilted_edge_responses(image) if np.any(image) else None for image in grid.images]
     midline, others = _midline_candidates(grid, responses)
-    finding = _count_in_slab(grid, midline, *_around(grid, responses, midline))
+    around_midline = _around(grid, responses, midline)
+    finding = _count_in_slab(grid, midline, *around_midline)
     if finding.upper_endplate_l4 is None:
         return finding
+    height = float(np.dot(finding.upper_endplate_l4.point, grid.caudal))
+    # The column drawn through the periodic band alone, without the walk, gives a second count: where the two
+    # disagree the walk may have left the column (or the band run into the pelvis), and the level is doubtful.
+    unwalked = _count_in_slab(grid, midline, *around_midline, walk=False)
+    paths_agree = unwalked.upper_endplate_l4 is not None and (
+        abs(float(np.dot(unwalked.upper_endplate_l4.point, grid.caudal)) - height) <= VOTE_AGREEMENT_MM
+    )
+    path_agreement = 1.0 if paths_agree else PATHS_DISAGREE_CONFIDENCE
     # A count that changes with the slab it is read on is doubtful: the other slabs that may be the midline vote,
     # each with its own confidence, and the share that agrees scales the confidence. The count itself stays the
     # midline's: on real scans a young patient's S1-S2 junction can win a vote of the slabs nearest the midline.
     votes = [_count_in_slab(grid, slab, *_around(grid, responses, slab)) for slab in others]
-    height = float(np.dot(finding.upper_endplate_l4.point, grid.caudal))
     weights = [finding.confidence] + [v.confidence for v in votes]
     agreeing = [finding.confidence] + [
         v.confidence
@@ -367,18 +466,23 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
     agreement = sum(agreeing) / sum(weights) if sum(weights) > 0 else 0.0
     return replace(
         finding,
-        confidence=round(finding.confidence * agreement, 3),
-        evidence={**finding.evidence, "midline_agreement": round(agreement, 3)},
+        confidence=round(finding.confidence * agreement * path_agreement, 3),
+        evidence={**finding.evidence, "midline_agreement": round(agreement, 3), "path_agreement": path_agreement},
     )
 
 
-def _count_in_slab(grid: SagittalGrid, slab: int, tilted: np.ndarray, midline_image: np.ndarray) -> LevelFinding:
-    """Count the discs up from the sacrum on the slabs around one midline candidate."""
+def _count_in_slab(
+    grid: SagittalGrid, slab: int, tilted: np.ndarray, midline_image: np.ndarray, *, walk: bool = True
+) -> LevelFinding:
+    """Count the discs up from the sacrum on the slabs around one midline candidate (along the column walked from
+    disc to disc, or along the periodic band alone)."""
     response, _ = endplate_response(tilted)
     n_rows = response.shape[0]
     # Smoothed across columns so that the path runs through the middle of the periodic band (the bodies), not
     # along its anterior or posterior edge.
     path = _column_path(ndimage.gaussian_filter1d(_periodicity(response), 8.0 / GRID_MM, axis=1), n_rows)
+    if walk:
+        path = _follow_column(tilted, path)
     # The response already integrates 36 mm along each edge's own tilt: sampling the path alone keeps tilted discs
     # (L5-S1) sharp, where averaging a band of columns at one row would smear them.
     peaks, prominence = _disc_rows(_band_profile(response, path, half_width_mm=2.0))
