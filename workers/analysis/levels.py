@@ -5,8 +5,9 @@ Method, on a 1 mm grid resampled in each sagittal slab with rows running caudall
    tilted up to 40 degrees (the lordosis tilts L5-S1 most), responds to them far more than to soft tissue.
 2. The midline is the slab where those edges repeat most regularly; the response is averaged over the slabs within
    6 mm of it, where the 40-50 mm wide vertebral bodies look alike and bowel loops or facets do not. The same
-   count is repeated on the slabs next to it and next to the slab about which the series is mirror-symmetric:
-   the share of them that agree scales the confidence (the count changes with the slab more often than not).
+   count is repeated on the slabs next to it and next to the slab about which the series is mirror-symmetric,
+   weighted by confidence: a count with 1.5 times the midline's support replaces it, and the share of the votes
+   the result gathered scales its confidence (the count changes with the slab more often than not).
 3. The vertebral column is the band of columns whose edge profile repeats at a vertebral pitch (25-50 mm), measured
    by autocorrelation in 100 mm windows and followed by dynamic programming as the lordosis bends it. Below the
    clearest disc of the upper half it is redrawn by walking from disc to disc, each about one pitch along the
@@ -350,6 +351,7 @@ WALK_LATERAL_MM = 6.0  # how far off the line through the last disc's centre the
 WALK_TILT_CHANGE_DEGREES = 15.0  # how much more or less inclined the next disc may be
 WALK_MIN_STRENGTH = 0.3  # a next "disc" weaker than this share of the discs followed so far ends the walk
 WALK_MAX_STEPS = 12
+OVERRULE_SUPPORT = 1.5  # how much more support another slab's count needs than the midline's to replace it
 PATHS_DISAGREE_CONFIDENCE = 0.5  # what a count that the walk and the periodic band disagree on keeps of its confidence
 
 
@@ -444,31 +446,44 @@ def find_l4_upper_endplate(volume: np.ndarray, geometry: VolumeGeometry) -> Leve
     finding = _count_in_slab(grid, midline, *around_midline)
     if finding.upper_endplate_l4 is None:
         return finding
-    height = float(np.dot(finding.upper_endplate_l4.point, grid.caudal))
-    # The column drawn through the periodic band alone, without the walk, gives a second count: where the two
-    # disagree the walk may have left the column (or the band run into the pelvis), and the level is doubtful.
-    unwalked = _count_in_slab(grid, midline, *around_midline, walk=False)
-    paths_agree = unwalked.upper_endplate_l4 is not None and (
-        abs(float(np.dot(unwalked.upper_endplate_l4.point, grid.caudal)) - height) <= VOTE_AGREEMENT_MM
-    )
-    path_agreement = 1.0 if paths_agree else PATHS_DISAGREE_CONFIDENCE
     # A count that changes with the slab it is read on is doubtful: the other slabs that may be the midline vote,
-    # each with its own confidence, and the share that agrees scales the confidence. The count itself stays the
-    # midline's: on real scans a young patient's S1-S2 junction can win a vote of the slabs nearest the midline.
-    votes = [_count_in_slab(grid, slab, *_around(grid, responses, slab)) for slab in others]
-    weights = [finding.confidence] + [v.confidence for v in votes]
-    agreeing = [finding.confidence] + [
-        v.confidence
-        for v in votes
-        if v.upper_endplate_l4 is not None
-        and abs(float(np.dot(v.upper_endplate_l4.point, grid.caudal)) - height) <= VOTE_AGREEMENT_MM
+    # each with its confidence. The midline's count stands unless another gathers OVERRULE_SUPPORT times its
+    # support (on real scans a young patient's S1-S2 junction can win a narrow vote of the slabs nearest the
+    # midline); the share of the votes the count gathered scales its confidence.
+    pool = [finding] + [
+        vote
+        for vote in (_count_in_slab(grid, slab, *_around(grid, responses, slab)) for slab in others)
+        if vote.upper_endplate_l4 is not None
     ]
-    agreement = sum(agreeing) / sum(weights) if sum(weights) > 0 else 0.0
+    support = [sum(other.confidence for other in pool if _same_level(grid, one, other)) for one in pool]
+    best = int(np.argmax(support))
+    if support[best] <= OVERRULE_SUPPORT * support[0]:
+        best = 0
+    chosen = pool[best]
+    total = sum(one.confidence for one in pool)
+    agreement = support[best] / total if total > 0 else 0.0
+    # The column drawn through the periodic band alone, without the walk, gives a second count on the midline:
+    # where it disagrees the walk may have left the column (or the band run into the pelvis).
+    unwalked = _count_in_slab(grid, midline, *around_midline, walk=False)
+    path_agreement = 1.0 if _same_level(grid, chosen, unwalked) else PATHS_DISAGREE_CONFIDENCE
     return replace(
-        finding,
-        confidence=round(finding.confidence * agreement * path_agreement, 3),
-        evidence={**finding.evidence, "midline_agreement": round(agreement, 3), "path_agreement": path_agreement},
+        chosen,
+        confidence=round(chosen.confidence * agreement * path_agreement, 3),
+        evidence={
+            **chosen.evidence,
+            "midline_agreement": round(agreement, 3),
+            "path_agreement": path_agreement,
+            "overruled_midline": float(best != 0),
+        },
     )
+
+
+def _same_level(grid: SagittalGrid, one: LevelFinding, other: LevelFinding) -> bool:
+    """Whether two findings put the L4 upper endplate within half a vertebra of each other."""
+    if one.upper_endplate_l4 is None or other.upper_endplate_l4 is None:
+        return False
+    offset = one.upper_endplate_l4.point - other.upper_endplate_l4.point
+    return abs(float(np.dot(offset, grid.caudal))) <= VOTE_AGREEMENT_MM
 
 
 def _count_in_slab(
