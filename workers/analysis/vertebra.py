@@ -31,6 +31,10 @@ WINDOW_LEVELS = 12
 WINDOW_WIDEST = 6
 """Windows span 2 to 5 steps of (fat - darkest) / 11: narrow enough to split marrow from fat, wide enough for
 marrow that is uneven (fat islands, partial volume with the endplate)."""
+DARK_MARROW_STEPS = (0.25, 0.5)
+"""Extra lower window edges, in steps above the darkest tissue: muscle on T2 lies within about a quarter step of
+the darkest tissue, dark red marrow from a third of a step up (MuscleMap sub_0001 at the top of L4: psoas below
+0.2 steps, marrow 0.3-1.7), so an edge between the two keeps them apart."""
 
 REFINED_CANDIDATES = 5
 
@@ -87,22 +91,28 @@ def find_vertebral_body(corrected: np.ndarray, body: np.ndarray) -> VertebraFind
     # windows of every width between the darkest tissue and fat, in even steps of signal.
     darkest, fat = (float(level) for level in np.percentile(smooth[trunk], [2, 90]))
     levels = np.linspace(darkest, fat, WINDOW_LEVELS)
+    windows = [(levels[low], levels[high]) for low in range(len(levels) - 2)
+               for high in range(low + 2, min(low + WINDOW_WIDEST, len(levels)))]
+    # Red marrow of the young can be nearly as dark as muscle: a window starting at the darkest tissue then joins
+    # the body and both psoas into one wide region, while one starting just above the muscle keeps them apart.
+    step = levels[1] - levels[0]
+    windows += [(darkest + fraction * step, levels[high])
+                for fraction in DARK_MARROW_STEPS for high in range(2, WINDOW_WIDEST)]
 
     candidates: list[tuple[float, np.ndarray]] = []
     seen: set[tuple[int, ...]] = set()
-    for low_index in range(len(levels) - 2):
-        for high_index in range(low_index + 2, min(low_index + WINDOW_WIDEST, len(levels))):
-            window = trunk & (smooth > levels[low_index]) & (smooth < levels[high_index])
-            labels, _ = ndi.label(open_by_disk(window, PEDICLE_CUT_RADIUS_MM))
-            for region in regionprops(labels):
-                key = (*region.bbox, int(region.area))
-                if not BODY_AREA_MM2[0] <= region.area <= BODY_AREA_MM2[1] or key in seen:
-                    continue
-                seen.add(key)
-                candidate = ndi.binary_fill_holes(labels == region.label)
-                score = _score(candidate, smooth, midline, rows)["vertebra_score"]
-                if score > 0.05:
-                    candidates.append((score + 0.1 * region.solidity, candidate))
+    for low_level, high_level in windows:
+        window = trunk & (smooth > low_level) & (smooth < high_level)
+        labels, _ = ndi.label(open_by_disk(window, PEDICLE_CUT_RADIUS_MM))
+        for region in regionprops(labels):
+            key = (*region.bbox, int(region.area))
+            if not BODY_AREA_MM2[0] <= region.area <= BODY_AREA_MM2[1] or key in seen:
+                continue
+            seen.add(key)
+            candidate = ndi.binary_fill_holes(labels == region.label)
+            score = _score(candidate, smooth, midline, rows)["vertebra_score"]
+            if score > 0.05:
+                candidates.append((score + 0.1 * region.solidity, candidate))
     if not candidates:
         return None
 
