@@ -65,7 +65,7 @@ def test_psoas_masks_overlap_the_musclemap_labels_on_l4_slices(instance: int) ->
     assert dice(seg.psoas_right, labels == 5) >= 0.9
     assert dice(seg.psoas_left, labels == 6) >= 0.86
     assert not np.any(seg.vertebra & (seg.psoas_left | seg.psoas_right))
-    assert seg.confidence > 0.0
+    assert seg.confidence >= 0.15
 
 
 @pytest.mark.skipif(not MUSCLEMAP.is_dir(), reason="real data folder not present")
@@ -79,6 +79,17 @@ def test_a_body_with_marrow_as_dark_as_the_psoas_is_kept_apart_from_them() -> No
     assert dice(seg.psoas_right, labels == 5) >= 0.82
     assert dice(seg.psoas_left, labels == 6) >= 0.8
     assert not np.any(seg.vertebra & (seg.psoas_left | seg.psoas_right))
+
+
+@pytest.mark.skipif(not MUSCLEMAP.is_dir(), reason="real data folder not present")
+def test_a_body_with_marrow_as_dark_as_the_psoas_is_measured_on_its_cortex() -> None:
+    """Instance 20 again: the marrow is only 0.08 of the fat-to-muscle range brighter than the psoas, but the
+    dark cortex between them stands well out of the noise, so the good masks get a number (the confidence was 0
+    when edges were judged against the signal range; 0.51 measured)."""
+    dataset = pydicom.dcmread(MUSCLEMAP / "dicom" / "IM-0001-0020.dcm")
+    seg = segment_slice(dataset.pixel_array, tuple(dataset.PixelSpacing), **USUAL_AXIAL)
+    assert seg.confidence >= 0.15
+    assert not refused(seg, tuple(float(value) for value in dataset.PixelSpacing))
 
 
 @pytest.mark.skipif(not MUSCLEMAP.is_dir(), reason="real data folder not present")
