@@ -47,6 +47,14 @@ MIN_MUSCLE_MM2 = 50
 
 FAT_POCKET_MM2 = 200
 
+POCKET_RIM_MM = 2
+"""The blurred edge of muscle around a fat pocket: added with the pocket, so the pocket is not an island."""
+
+POCKET_RING_MM = 3
+POCKET_RING_CLEAR_SHARE = 0.5
+"""A pocket inside the psoas is ringed by clear muscle (from 2 to 3 mm out: 0.67-0.83 on the phantoms), fat
+between vessel walls or bowel by tissue that is not (0-0.35 on the phantoms and MuscleMap)."""
+
 FAT_BAY_SHARE = 0.3
 """Enclosed bright pockets up to this size inside dark muscle are intramuscular fat and count as muscle."""
 
@@ -72,7 +80,7 @@ def _find_one(smooth: np.ndarray, sharp: np.ndarray, body: np.ndarray, vertebra:
               side: int) -> PsoasFinding:
     """One psoas; ``side`` is -1 for the patient's right (towards column 0), +1 for the left."""
     top, left, bottom, right = regionprops(vertebra.astype(np.uint8))[0].bbox
-    centre_row = int(round(0.5 * (top + bottom)))
+    centre_row = round(0.5 * (top + bottom))
     edge = left if side < 0 else right - 1
     middle = int(0.5 * (left + right))
     rows = slice(max(top - 45, 0), min(bottom + 15, body.shape[0]))
@@ -111,6 +119,7 @@ def _find_one(smooth: np.ndarray, sharp: np.ndarray, body: np.ndarray, vertebra:
     # through a neck narrower than both (a watershed of the distance map, then merging across wide necks).
     clear = ndi.binary_closing(muscle_like & (smooth < strict), disk(1)) & roi
     clear = _fill_fat_pockets(clear, muscle_like)
+    clear = _fill_rimmed_fat_pockets(clear, muscle_like, clear | (muscle_like & (smooth < half_way)))
     # At L4 the psoas lies beside the body: from a little in front of it to a little behind it, and lateral to
     # the middle of its side.
     zone = ((rr >= top - ZONE_ANTERIOR_MM) & (rr <= bottom + ZONE_POSTERIOR_MM)
@@ -154,7 +163,7 @@ def _blob_at(mask: np.ndarray, prior: np.ndarray, zone: np.ndarray) -> np.ndarra
         return None
     peaks = ndi.maximum(distance, basins, index=np.arange(basins.max() + 1))
     centres = ndi.center_of_mass(mask, basins, index=np.arange(1, basins.max() + 1))
-    in_zone = [False] + [bool(zone[int(round(row)), int(round(column))]) for row, column in centres]
+    in_zone = [False] + [bool(zone[round(row), round(column)]) for row, column in centres]
     members = {int(np.argmax(overlaps))}
     blob = basins == next(iter(members))
     while True:
@@ -182,19 +191,42 @@ def _largest_piece(mask: np.ndarray) -> np.ndarray:
 
 
 def _fill_fat_pockets(mask: np.ndarray, fatty: np.ndarray) -> np.ndarray:
-    """Fill enclosed holes of at most ``FAT_POCKET_MM2`` lying within ``fatty`` (tissue not darker than muscle).
+    """Fill the fat pockets enclosed by ``mask`` (see ``_fat_pockets``)."""
+    return mask | _fat_pockets(mask, fatty)
+
+
+def _fill_rimmed_fat_pockets(clear: np.ndarray, fatty: np.ndarray, rim: np.ndarray) -> np.ndarray:
+    """Fill fat pockets enclosed by ``rim`` (tissue darker than half-way to fat) and mostly ringed by ``clear``.
+
+    Intramuscular fat lies inside a rim of muscle that may be too thin to look clearly muscle, so the pocket
+    opens to the outside in ``clear`` as a cleft and splits the muscle. Fat enclosed by the walls of vessels and
+    bowel, or in the wedge between the psoas, the body and the vena cava, is ringed by them, not by clear muscle.
+    The rim just around a pocket is added with it: it is the blurred edge of the muscle.
+    """
+    pockets, count = ndi.label(_fat_pockets(rim, fatty))
+    for index in range(1, count + 1):
+        pocket = pockets == index
+        ring = ndi.binary_dilation(pocket, disk(POCKET_RING_MM)) & ~ndi.binary_dilation(pocket, disk(1))
+        if np.mean(clear[ring]) < POCKET_RING_CLEAR_SHARE:
+            pockets[pocket] = 0
+    inside = pockets > 0
+    return clear | inside | (ndi.binary_dilation(inside, disk(POCKET_RIM_MM)) & rim)
+
+
+def _fat_pockets(enclosing: np.ndarray, fatty: np.ndarray) -> np.ndarray:
+    """Holes of ``enclosing`` of at most ``FAT_POCKET_MM2`` lying within ``fatty`` (tissue not darker than muscle).
 
     Larger enclosed regions are other structures, and dark ones (a flow void caught between muscle and bone)
     are vessels, not intramuscular fat.
     """
-    holes, count = ndi.label(ndi.binary_fill_holes(mask) & ~mask)
+    holes, count = ndi.label(ndi.binary_fill_holes(enclosing) & ~enclosing)
     if count == 0:
-        return mask
+        return holes > 0
     sizes = np.bincount(holes.ravel())
     outside_fatty = np.bincount(holes[~fatty].ravel(), minlength=count + 1)
     pocket = (sizes <= FAT_POCKET_MM2) & (outside_fatty == 0)
     pocket[0] = False
-    return mask | pocket[holes]
+    return pocket[holes]
 
 
 def _fill_fatty_bays(muscle: np.ndarray, fatty: np.ndarray, keep_out: np.ndarray) -> np.ndarray:
