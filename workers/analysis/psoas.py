@@ -27,6 +27,10 @@ PRIOR_RADIUS_MM = 14
 SEARCH_LATERAL_MM = 80
 WIDE_NECK = 0.75
 
+PEAK_HEIGHT_MM = 0.5
+"""A peak of the distance map this much above the neck to its neighbour is a structure of its own: the vena cava
+pressed flat against the psoas stands less than 1 mm above the wide neck between them."""
+
 
 STRICT_LEVEL = 0.15
 """Clearly muscle: below 15 % of the way from the muscle level to the fat level."""
@@ -155,7 +159,7 @@ def _blob_at(mask: np.ndarray, prior: np.ndarray, zone: np.ndarray) -> np.ndarra
     (where the psoas lies at L4) are never merged: the vena cava in front, the canal's surroundings behind.
     """
     distance = ndi.distance_transform_edt(mask)
-    markers, _ = ndi.label(h_maxima(distance, 1.0))
+    markers, _ = ndi.label(h_maxima(distance, PEAK_HEIGHT_MM))
     basins = watershed(-distance, markers, mask=mask)
     if basins.max() == 0:
         return None
