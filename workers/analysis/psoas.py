@@ -61,6 +61,10 @@ POCKET_RING_CLEAR_SHARE = 0.5
 """A pocket inside the psoas is ringed by clear muscle (from 2 to 3 mm out: 0.67-0.83 on the phantoms), fat
 between vessel walls or bowel by tissue that is not (0-0.35 on the phantoms and MuscleMap)."""
 
+STREAK_SOLIDITY = 0.87
+"""A psoas with the fat streaks beside the body filled stays convex (solidity 0.88-0.96 on the phantoms); filling the fat
+wedge between the psoas, the vena cava and the body leaves it lobed (0.85)."""
+
 FAT_BAY_SHARE = 0.3
 """Enclosed bright pockets up to this size inside dark muscle are intramuscular fat and count as muscle."""
 
@@ -125,14 +129,26 @@ def _find_one(smooth: np.ndarray, sharp: np.ndarray, body: np.ndarray, vertebra:
     # through a neck narrower than both (a watershed of the distance map, then merging across wide necks).
     clear = ndi.binary_closing(muscle_like & (smooth < strict), disk(1)) & roi
     clear = _fill_fat_pockets(clear, muscle_like)
-    clear = _fill_rimmed_fat_pockets(clear, muscle_like, clear | (muscle_like & (smooth < half_way)))
+    rim = clear | (muscle_like & (smooth < half_way))
+    filled = _fill_rimmed_fat_pockets(clear, rim, _rimmed_fat_pockets(clear, muscle_like, rim))
     # At L4 the psoas lies beside the body: from a little in front of it to a little behind it, and lateral to
     # the middle of its side.
     zone = ((rr >= top - ZONE_ANTERIOR_MM) & (rr <= bottom + ZONE_POSTERIOR_MM)
             & (side * (cc - (edge - side * 0.2 * (right - left))) >= 0))
-    core = _blob_at(open_by_disk(clear, 2), prior, zone)
+    core = _blob_at(open_by_disk(filled, 2), prior, zone)
     if core is None:
         return PsoasFinding(empty, 0.0, {"found": 0.0})
+    # A streak of fat reaching the side against the body is closed by the body's edge, not by muscle; so is the
+    # fat wedge between the psoas, the vena cava and the body. Filled, the streak leaves the psoas convex, the
+    # wedge leaves it lobed or joins it to the vena cava in front of the body: its pockets are kept only if the
+    # psoas found with them stays as solid as a psoas and reaches no further in front than it did without them.
+    beside_body = _rimmed_fat_pockets(clear, muscle_like, rim | ndi.binary_dilation(vertebra, disk(2))) & ~filled
+    if beside_body.any():
+        trial = _blob_at(open_by_disk(_fill_rimmed_fat_pockets(filled, rim, beside_body), 2), prior, zone)
+        front_limit = min(_front_row(core), top - ZONE_ANTERIOR_MM - window[0].start)
+        if (trial is not None and regionprops(trial.astype(np.uint8))[0].solidity >= STREAK_SOLIDITY
+                and _front_row(trial) >= front_limit):
+            core = trial
     # The outline lies where the signal is half-way between muscle and fat (the edge of a blurred step), a few
     # millimetres out from the core at most; it is not allowed to run on into intermediate tissue.
     muscle = ndi.binary_dilation(core, disk(1), iterations=EDGE_SEARCH_MM, mask=muscle_like & (smooth < half_way))
@@ -186,6 +202,11 @@ def _blob_at(mask: np.ndarray, prior: np.ndarray, zone: np.ndarray) -> np.ndarra
         blob = np.isin(basins, list(members))
 
 
+def _front_row(mask: np.ndarray) -> int:
+    """The row of the front of ``mask`` (the canonical view has anterior at row 0)."""
+    return int(np.argmax(mask.any(axis=1)))
+
+
 def _largest_piece(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected piece: a psoas is one piece, and crumbs cut off by the refinement are not it."""
     labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
@@ -201,13 +222,12 @@ def _fill_fat_pockets(mask: np.ndarray, fatty: np.ndarray) -> np.ndarray:
     return mask | _fat_pockets(mask, fatty)
 
 
-def _fill_rimmed_fat_pockets(clear: np.ndarray, fatty: np.ndarray, rim: np.ndarray) -> np.ndarray:
-    """Fill fat pockets enclosed by ``rim`` (tissue darker than half-way to fat) and mostly ringed by ``clear``.
+def _rimmed_fat_pockets(clear: np.ndarray, fatty: np.ndarray, rim: np.ndarray) -> np.ndarray:
+    """Fat pockets enclosed by ``rim`` (tissue darker than half-way to fat) and mostly ringed by ``clear``.
 
     Intramuscular fat lies inside a rim of muscle that may be too thin to look clearly muscle, so the pocket
     opens to the outside in ``clear`` as a cleft and splits the muscle. Fat enclosed by the walls of vessels and
     bowel, or in the wedge between the psoas, the body and the vena cava, is ringed by them, not by clear muscle.
-    The rim just around a pocket is added with it: it is the blurred edge of the muscle.
     """
     pockets, count = ndi.label(_fat_pockets(rim, fatty))
     for index in range(1, count + 1):
@@ -215,8 +235,12 @@ def _fill_rimmed_fat_pockets(clear: np.ndarray, fatty: np.ndarray, rim: np.ndarr
         ring = ndi.binary_dilation(pocket, disk(POCKET_RING_MM)) & ~ndi.binary_dilation(pocket, disk(1))
         if np.mean(clear[ring]) < POCKET_RING_CLEAR_SHARE:
             pockets[pocket] = 0
-    inside = pockets > 0
-    return clear | inside | (ndi.binary_dilation(inside, disk(POCKET_RIM_MM)) & rim)
+    return pockets > 0
+
+
+def _fill_rimmed_fat_pockets(clear: np.ndarray, rim: np.ndarray, pockets: np.ndarray) -> np.ndarray:
+    """Add ``pockets`` to ``clear`` with the rim just around them: it is the blurred edge of the muscle."""
+    return clear | pockets | (ndi.binary_dilation(pockets, disk(POCKET_RIM_MM)) & rim)
 
 
 def _fat_pockets(enclosing: np.ndarray, fatty: np.ndarray) -> np.ndarray:
