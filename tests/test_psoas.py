@@ -44,8 +44,8 @@ def test_fat_enclosed_by_vessel_walls_is_not_filled() -> None:
 
 
 def test_a_fat_streak_from_the_vertebral_body_does_not_split_the_psoas() -> None:
-    """A streak running in from the side against the body, to within a thin rim of the far surface, is closed by
-    the body's edge rather than by muscle; the whole psoas is found, not the half on one side of it."""
+    """A streak running in from the side against the body, to within a thin rim of the far surface, is closed
+    by the body's edge rather than by muscle; the whole psoas is found, not the half on one side of it."""
     shape = (160, 200)
     rr, cc = np.ogrid[: shape[0], : shape[1]]
     vertebra = ((rr - 80) / 18.0) ** 2 + ((cc - 100) / 22.0) ** 2 <= 1

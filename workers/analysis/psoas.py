@@ -62,8 +62,8 @@ POCKET_RING_CLEAR_SHARE = 0.5
 between vessel walls or bowel by tissue that is not (0-0.35 on the phantoms and MuscleMap)."""
 
 STREAK_SOLIDITY = 0.87
-"""A psoas with the fat streaks beside the body filled stays convex (solidity 0.88-0.96 on the phantoms); filling the fat
-wedge between the psoas, the vena cava and the body leaves it lobed (0.85)."""
+"""A psoas with the fat streaks beside the body filled stays convex (solidity 0.88-0.96 on the phantoms);
+filling the fat wedge between the psoas, the vena cava and the body leaves it lobed (0.85)."""
 
 FAT_BAY_SHARE = 0.3
 """Enclosed bright pockets up to this size inside dark muscle are intramuscular fat and count as muscle."""
@@ -138,11 +138,12 @@ def _find_one(smooth: np.ndarray, sharp: np.ndarray, body: np.ndarray, vertebra:
     core = _blob_at(open_by_disk(filled, 2), prior, zone)
     if core is None:
         return PsoasFinding(empty, 0.0, {"found": 0.0})
-    # A streak of fat reaching the side against the body is closed by the body's edge, not by muscle; so is the
-    # fat wedge between the psoas, the vena cava and the body. Filled, the streak leaves the psoas convex, the
-    # wedge leaves it lobed or joins it to the vena cava in front of the body: its pockets are kept only if the
-    # psoas found with them stays as solid as a psoas and reaches no further in front than it did without them.
-    beside_body = _rimmed_fat_pockets(clear, muscle_like, rim | ndi.binary_dilation(vertebra, disk(2))) & ~filled
+    # A streak of fat reaching the side against the body is closed by the body's edge, not by muscle; so is
+    # the fat wedge between the psoas, the vena cava and the body. Filled, the streak leaves the psoas convex,
+    # the wedge leaves it lobed or joins it to the vena cava in front of the body: pockets closed by the body
+    # are kept only if the psoas found with them stays solid and reaches no further in front than without.
+    closed_by_body = rim | ndi.binary_dilation(vertebra, disk(2))
+    beside_body = _rimmed_fat_pockets(clear, muscle_like, closed_by_body) & ~filled
     if beside_body.any():
         trial = _blob_at(open_by_disk(_fill_rimmed_fat_pockets(filled, rim, beside_body), 2), prior, zone)
         front_limit = min(_front_row(core), top - ZONE_ANTERIOR_MM - window[0].start)
