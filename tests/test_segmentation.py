@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from scipy import ndimage as ndi
+from skimage.morphology import disk
 
 from tests.real_data import REAL_DATA
 from workers.analysis.measure import measure_plvi
+from workers.analysis.outline import refine_star_outline
 from workers.analysis.quality import assess_quality
 from workers.analysis.segmentation import SliceSegmentation, canonical_view, segment_slice
 from workers.phantom.study import PhantomOptions, generate_study
@@ -133,6 +136,23 @@ def test_an_image_without_a_vertebra_gets_low_confidence_and_is_refused(image: n
     seg = segment_slice(image, (1.0, 1.0), **USUAL_AXIAL)
     assert seg.confidence < 0.15
     assert refused(seg, (1.0, 1.0))
+
+
+def test_a_body_whose_marrow_darkens_towards_the_back_is_outlined_on_its_edge_all_round() -> None:
+    """Red marrow bright in front (0.9) and dark behind (0.3) against dark tissue (0): judged against one level
+    for the whole body, the back's marrow is already half-way down and the outline is cut 8 mm short there; with
+    each ray's own marrow level it lies on the edge within a millimetre or two."""
+    rows, columns = np.indices((100, 100))
+    body = (rows - 50) ** 2 + (columns - 50) ** 2 <= 20**2
+    marrow = 0.9 - 0.6 * np.clip((rows - 30) / 40, 0.0, 1.0)
+    image = ndi.gaussian_filter(np.where(body, marrow, 0.0), 1.0)
+    rough = ndi.binary_erosion(body, disk(3))
+    settings = {"inside_level": float(np.median(image[rough])), "minimum_step": 0.15, "max_shift_mm": 4.0}
+    one_level, _ = refine_star_outline(image, rough, **settings)
+    per_ray, _ = refine_star_outline(image, rough, **settings, local_inside_mm=6.0)
+    assert np.nonzero(one_level[:, 50])[0].max() < 65
+    assert np.nonzero(per_ray[:, 50])[0].max() >= 68
+    assert 2 * (per_ray & body).sum() / (per_ray.sum() + body.sum()) >= 0.97
 
 
 def test_canonical_view_turns_any_axis_aligned_orientation_back_to_anterior_up_left_at_right() -> None:

@@ -18,6 +18,8 @@ STEP_MM = 0.5
 MIN_BAND_MM = 3.0
 BEYOND_MM = 3.0
 """The tissue beyond the edge is read this far out: past the blur of the edge, short of the next structure."""
+LOCAL_INSIDE_GAP_MM = 2.0
+"""A local inside level is read no closer than this to the rough outline, past the blur of its edge."""
 
 
 def refine_star_outline(
@@ -31,6 +33,7 @@ def refine_star_outline(
     bright_level: float | None = None,
     band_mm: float = 0.0,
     band_directions: tuple[float, ...] = (),
+    local_inside_mm: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Move the outline of ``rough`` to the half-way edge along each ray, within ``max_shift_mm``.
 
@@ -54,6 +57,11 @@ def refine_star_outline(
         columns, pi/2 = towards higher rows), a darker band up to ``band_mm`` thick that is followed by bright
         tissue (half-way to ``bright_level`` or more) belongs to the structure: a slice that grazes a vertebral
         endplate shows it as such a band inside the body's outline.
+    local_inside_mm
+        When positive, each ray takes its own inside level: the median of the profile over this many mm inside
+        the rough outline (from LOCAL_INSIDE_GAP_MM in), or ``inside_level`` where the ray has too little of
+        it. Marrow that is uneven (red marrow brighter in front, darker behind) otherwise shifts the half-way
+        level off the edge where the marrow is far from its global median.
 
     Returns
     -------
@@ -77,12 +85,14 @@ def refine_star_outline(
     if bright_level is not None and band_mm > 0:
         for direction in band_directions:
             banded |= np.abs(np.angle(np.exp(1j * (angles - direction)))) <= np.radians(50)
-    beyond = int(round(BEYOND_MM / STEP_MM))
-    near = int(round(1.0 / STEP_MM))
-    shift = int(round(max_shift_mm / STEP_MM))
+    beyond = round(BEYOND_MM / STEP_MM)
+    near = round(1.0 / STEP_MM)
+    shift = round(max_shift_mm / STEP_MM)
     edges = rough_radius.copy()
     found = np.zeros(RAYS, dtype=bool)
+    levels = _local_levels(profiles, rough_radius, local_inside_mm, inside_level)
     for ray in range(RAYS):
+        inside_level = levels[ray]
         start_index = int(rough_radius[ray] / STEP_MM)
         first = max(start_index - shift, start_index // 3, 1)
         last = min(start_index + shift, len(radii) - beyond - 1)
@@ -114,6 +124,20 @@ def refine_star_outline(
     }
 
 
+def _local_levels(profiles: np.ndarray, rough_radius: np.ndarray, depth_mm: float, default: float) -> np.ndarray:
+    """Each ray's inside level: the median of its profile from LOCAL_INSIDE_GAP_MM to that plus ``depth_mm``
+    inside the rough outline (the gap keeps the blur of the edge out), or ``default``."""
+    levels = np.full(len(profiles), default, dtype=float)
+    if depth_mm <= 0:
+        return levels
+    gap, depth = round(LOCAL_INSIDE_GAP_MM / STEP_MM), round(depth_mm / STEP_MM)
+    for ray, radius in enumerate(rough_radius):
+        end = int(radius / STEP_MM) - gap
+        if end - depth >= 0:
+            levels[ray] = float(np.median(profiles[ray, end - depth: end]))
+    return levels
+
+
 def _beyond_band(profile: np.ndarray, index: int, band_mm: float, inside_level: float, bright_level: float,
                  default: float) -> float:
     """The radius where a dark band starting at ``index`` gives way to bright tissue, or ``default``.
@@ -121,8 +145,8 @@ def _beyond_band(profile: np.ndarray, index: int, band_mm: float, inside_level: 
     A dark stretch thinner than ``MIN_BAND_MM`` is the cortex with the ligament on it, not a grazed endplate.
     """
     half_way = 0.5 * (inside_level + bright_level)
-    last = min(index + int(round(band_mm / STEP_MM)), len(profile) - 5)
-    for position in range(index + int(round(MIN_BAND_MM / STEP_MM)), last + 1):
+    last = min(index + round(band_mm / STEP_MM), len(profile) - 5)
+    for position in range(index + round(MIN_BAND_MM / STEP_MM), last + 1):
         if profile[position] >= half_way and np.all(profile[position: position + 4] >= half_way):
             return position * STEP_MM
     return default
@@ -141,10 +165,10 @@ def _rising_edge(profile: np.ndarray, index: int, bright: float) -> float:
     A dark cortex between marrow and fat is blurred into a shallow dip; the edge (the cortex's outer surface)
     is half-way between that dip and the bright tissue, not between marrow and the bright tissue.
     """
-    lookback = max(index - int(round(1.5 / STEP_MM)), 1)
+    lookback = max(index - round(1.5 / STEP_MM), 1)
     dip = lookback + int(np.argmin(profile[lookback: index + 1]))
     level = 0.5 * (profile[dip] + bright)
-    for position in range(max(dip, 1), min(index + int(round(3.0 / STEP_MM)), len(profile))):
+    for position in range(max(dip, 1), min(index + round(3.0 / STEP_MM), len(profile))):
         if profile[position] >= level:
             return _crossing(profile, position, level)
     return index * STEP_MM

@@ -38,11 +38,20 @@ the darkest tissue, dark red marrow from a third of a step up (MuscleMap sub_000
 
 REFINED_CANDIDATES = 5
 
+LOCAL_MARROW_MM = 6.0
+"""Each ray's edge is judged against the marrow on that ray, read over this depth just inside the core: red
+marrow is often brighter in front than behind, so one level for the whole body misses the edge at the back."""
+
 EDGE_SMOOTHING_MM = 0.5
 
 MARROW_SPREADS = 4.0
 """An edge of the body differs from marrow by more than four robust deviations of the marrow signal (noise and
 patchy red and fatty marrow), and by at least a tenth of the muscle-to-fat range."""
+MARROW_TREND_MM = 3.0
+"""The deviations are taken about the marrow's local mean (Gaussian of this width): a slow change across the body
+is followed by each ray's own marrow level (LOCAL_MARROW_MM), so counting it in the spread would only raise the
+bar for an edge. The two go together: on phantoms (10th centile of vertebra Dice 0.928 before) either alone gave
+0.913-0.915, both 0.934."""
 
 ELLIPSE_FIT_RAMP = (0.85, 0.93)
 """A lumbar body is close to an ellipse in cross-section (0.93-0.98 overlap with its moment ellipse)."""
@@ -162,11 +171,14 @@ def _refine_outline(core: np.ndarray, smooth: np.ndarray, trunk: np.ndarray, sig
     interior = ndi.binary_erosion(core, disk(3))
     values = smooth[interior] if interior.sum() > 50 else smooth[core]
     marrow = float(np.median(values))
-    spread = 1.4826 * float(np.median(np.abs(values - marrow)))
+    weight = ndi.gaussian_filter(interior.astype(float), MARROW_TREND_MM)
+    trend = ndi.gaussian_filter(np.where(interior, smooth, 0.0), MARROW_TREND_MM) / np.maximum(weight, 1e-6)
+    residual = (smooth - trend)[interior] if interior.sum() > 50 else values - marrow
+    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
     mask, outline = refine_star_outline(
         smooth, core, inside_level=marrow, minimum_step=max(MARROW_SPREADS * spread, 0.1 * signal_range),
         max_shift_mm=EDGE_SEARCH_MM, dark_shell_mm=CORTEX_MM, bright_level=bright_level,
-        band_mm=ENDPLATE_BAND_MM, band_directions=(np.pi / 2, -np.pi / 2),
+        band_mm=ENDPLATE_BAND_MM, band_directions=(np.pi / 2, -np.pi / 2), local_inside_mm=LOCAL_MARROW_MM,
     )
     mask &= trunk
     return mask, {**_edge_clarity(mask, smooth, trunk), "vertebra_irregularity": outline["irregularity"]}
