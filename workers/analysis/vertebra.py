@@ -37,6 +37,10 @@ the darkest tissue, dark red marrow from a third of a step up (MuscleMap sub_000
 0.2 steps, marrow 0.3-1.7), so an edge between the two keeps them apart."""
 
 REFINED_CANDIDATES = 5
+PART_OF_BODY_SHARE = 1.3
+"""Of two equally confident outlines, the one holding the other is preferred only if it is this much larger:
+a part of the body cut off at a marrow patch, not the same body with an edge a millimetre further out (preferring
+the larger at every tie lowered the held-out phantoms' vertebra Dice, 10th centile 0.947 -> 0.943)."""
 
 LOCAL_MARROW_MM = 6.0
 """Each ray's edge is judged against the marrow on that ray, read over this depth just inside the core: red
@@ -151,7 +155,7 @@ def find_vertebral_body(corrected: np.ndarray, body: np.ndarray) -> VertebraFind
             * ramp(edges["vertebra_edge_support"], *EDGE_SUPPORT_RAMP)
             * ramp(edges["vertebra_irregularity"], *IRREGULARITY_RAMP)
         )
-        if best is None or confidence > best[0]:
+        if best is None or confidence > best[0] or (confidence == best[0] and _holds_whole(refined, best[1])):
             best = (confidence, refined, evidence)
     if best is None:
         return None
@@ -159,6 +163,13 @@ def find_vertebral_body(corrected: np.ndarray, body: np.ndarray) -> VertebraFind
     mask = np.zeros_like(body)
     mask[:, first:last] = refined
     return VertebraFinding(mask=mask, confidence=confidence, evidence=evidence)
+
+
+def _holds_whole(larger: np.ndarray, smaller: np.ndarray) -> bool:
+    """Whether ``smaller`` is only part of the body ``larger`` outlines: a core of one marrow tone in a body of
+    two (a patch of darker or brighter marrow) has an edge as clear and a shape as round as the whole body, so
+    their confidences tie (every ramp saturated), and the whole body is the one that holds the other."""
+    return larger.sum() > PART_OF_BODY_SHARE * smaller.sum() and (larger & smaller).sum() >= 0.9 * smaller.sum()
 
 
 def _refine_outline(core: np.ndarray, smooth: np.ndarray, trunk: np.ndarray, signal_range: float,
