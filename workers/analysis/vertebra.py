@@ -21,11 +21,8 @@ from workers.analysis.outline import refine_star_outline
 PEDICLE_CUT_RADIUS_MM = 5
 """Opening radius: a disc of 11 mm does not fit through an adult pedicle or lamina, but fits in any L4 body."""
 
-BODY_AREA_MM2 = (650.0, 3200.0)
-"""Search range for an adult lumbar body cross-section (L4 about 1200-2200 mm2); wider than the quality gate's.
-The lower bound is for the core a window leaves after the opening, not the body: an evenly dark body close to
-muscle can keep a core under 700 mm2 (phantom hard-1090: 689 of 1540 mm2), which refining grows to its edge.
-A bound of 600 also let a part of a two-tone body win on phantom hard-1066 (vertebra Dice 0.83 -> 0.63)."""
+BODY_AREA_MM2 = (700.0, 3200.0)
+"""Search range for an adult lumbar body cross-section (L4 about 1200-2200 mm2); wider than the quality gate's."""
 
 EDGE_SEARCH_MM = 4
 """How far beyond the selected core the half-way edge is looked for: enough for a blurred edge, not for a leak."""
