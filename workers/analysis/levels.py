@@ -233,6 +233,9 @@ def _disc_rows(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 EDGE_MARGIN_MM = 6.0  # disc candidates closer than this to the top of the field are cut and unreliable
 MIN_DISC_PROMINENCE = 0.06
 CAUDAL_SURFACE_REACH_MM = 13.0  # the merged edge peak may sit on a disc's cranial surface, a disc height above
+DARK_LINE_MM = 4.0  # how far from the strongest edge below a disc the endplate's dark line may lie, and its width
+DARK_LINE_BAND_MM = 4.0  # half-width of the band the line is looked for in: narrow, so a tilted line stays thin
+DARK_LINE_DEPTH = 0.15  # a dark line is a dip at least this share of the intensity range around the edge
 BODY_BELOW_MM = 16.0  # image needed below a disc space to see the vertebral body that makes it one
 SACRAL_JUNCTION_PROMINENCE = 0.5  # a lowest candidate fainter than this share of the median is a sacral junction
 SET_ASIDE_CONFIDENCE = 0.8  # what setting a faint lowest candidate aside costs the count's confidence
@@ -287,14 +290,38 @@ def _around(grid: SagittalGrid, responses: list[np.ndarray | None], slab: int) -
     return np.mean([responses[i] for i in near], axis=0), grid.images[near].mean(axis=0)
 
 
-def _caudal_endplate_row(response: np.ndarray, path: np.ndarray, disc_row: int) -> float:
-    """Row of the caudal surface of a disc: the last strong edge within CAUDAL_SURFACE_REACH_MM below its peak."""
+def _caudal_endplate_row(response: np.ndarray, image: np.ndarray, path: np.ndarray, disc_row: int) -> float:
+    """Row (to a tenth) of the caudal surface of a disc: the last strong edge within CAUDAL_SURFACE_REACH_MM below
+    the disc's peak, or the dark line of the endplate's cortex beside it.
+
+    A dark line may part the disc from the marrow (on T2 the disc is bright): the edge into it and the edge out of
+    it then merge into one broad peak of edge strength, whose crest lay on either side of the line from one study
+    to the next, 2 mm apart. The line itself, the darkest row, is where the bone of the endplate is."""
     profile = _band_profile(response, path)
     window = profile[disc_row : disc_row + int(CAUDAL_SURFACE_REACH_MM / GRID_MM) + 1]
     peaks, _ = signal.find_peaks(np.concatenate([[0.0], window, [0.0]]))
     peaks = peaks - 1
     strong = [p for p in peaks if window[p] >= 0.5 * window.max()]
-    return float(disc_row + (max(strong) if strong else int(np.argmax(window))))
+    edge = disc_row + (max(strong) if strong else int(np.argmax(window)))
+    intensity = ndimage.gaussian_filter1d(_band_profile(image, path, DARK_LINE_BAND_MM), 1.0 / GRID_MM)
+    dark = int(DARK_LINE_MM / GRID_MM)
+    lines, properties = signal.find_peaks(-intensity, prominence=0, wlen=4 * dark + 1, width=(None, dark))
+    near = np.abs(lines - edge) <= dark
+    if near.any():
+        depth, line = max(zip(properties["prominences"][near], lines[near]))
+        low, high = max(edge - 2 * dark, 0), edge + 2 * dark + 1
+        if depth >= DARK_LINE_DEPTH * np.ptp(intensity[low:high]):
+            return _vertex(-intensity, int(line))
+    return _vertex(profile, edge)
+
+
+def _vertex(values: np.ndarray, at: int) -> float:
+    """Position of the vertex of the parabola through a peak and its two neighbours: a peak to a tenth of a row."""
+    if not 0 < at < len(values) - 1:
+        return float(at)
+    before, centre, after = values[at - 1 : at + 2]
+    curvature = before - 2 * centre + after
+    return at + (float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0)
 
 
 def _disc_tilt(image: np.ndarray, path: np.ndarray, row: int) -> float:
@@ -545,7 +572,7 @@ def _count_in_slab(
     pitches = np.diff(discs[-4:] if len(discs) >= 4 else discs[-3:])
     # Peaks sit on either surface of a disc, so a pitch measured between them is uncertain by about 5 mm.
     regular = bool(np.all((pitches >= PITCH_RANGE_MM[0] - 5) & (pitches <= PITCH_RANGE_MM[1] + 5)))
-    endplate_row = _caudal_endplate_row(response, path, l3_l4)
+    endplate_row = _caudal_endplate_row(response, midline_image, path, l3_l4)
     endplate_tilt = np.radians(_disc_tilt(midline_image, path, round(endplate_row)))
     point = grid.to_patient(slab, endplate_row, path[round(endplate_row)])
     cranial = -grid.caudal
