@@ -63,6 +63,23 @@ def test_the_most_cranial_slice_whose_slab_lies_wholly_below_the_endplate_is_cho
     assert choose_axial_slice(stack, endplate, [1.0] * len(stack)).index == 3
 
 
+def test_a_slice_tilted_against_the_endplate_must_lie_deeper_for_its_slab_to_clear_the_rim() -> None:
+    # 4 mm slabs crossing the axis 3 mm below the endplate: level, the slab's top is 1 mm below the centre; tilted
+    # 10 degrees it rises 17 sin(10) = 2.95 mm towards the rim, which stands only 1 mm higher: it cuts the disc.
+    endplate = Plane(np.array([0.0, 0.0, 10.0]), np.array([0.0, 0.0, 1.0]))
+    assert choose_axial_slice(_stack([7.0, 2.0]), endplate, [4.0, 4.0]).index == 0
+    assert choose_axial_slice(_stack([7.0, 2.0], tilted_axial(10)), endplate, [4.0, 4.0]).index == 1
+
+
+def test_the_next_slice_up_is_offered_when_the_endplate_is_too_uncertain_to_tell_the_two_apart() -> None:
+    endplate = Plane(np.array([0.0, 0.0, 10.0]), np.array([0.0, 0.0, 1.0]))
+    # 4 mm slabs: 1.2 mm below the endplate misses clearing it by 0.8 mm, within the endplate's uncertainty.
+    close = choose_axial_slice(_stack([8.8, 4.4]), endplate, [4.0, 4.0])
+    assert (close.index, close.cranial_alternative) == (1, 0)
+    clear = choose_axial_slice(_stack([9.5, 5.1]), endplate, [4.0, 4.0])
+    assert (clear.index, clear.cranial_alternative) == (1, None)
+
+
 def test_with_thick_slices_and_none_wholly_below_the_deepest_caudal_slice_is_taken() -> None:
     endplate = Plane(np.array([0.0, 0.0, 10.0]), np.array([0.0, 0.0, 1.0]))
     stack = _stack([4.0, 12.0, 20.0])

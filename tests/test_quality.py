@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from workers.analysis.measure import measure_plvi
-from workers.analysis.quality import DEFAULT_LIMITS, QualityVerdict, assess_quality
+from workers.analysis.quality import DEFAULT_LIMITS, QualityVerdict, assess_next_slice, assess_quality
 from workers.analysis.segmentation import SliceSegmentation
 
 SHAPE = (256, 256)
@@ -139,3 +139,22 @@ def test_a_missing_structure_gives_no_number() -> None:
     result = verdict(seg)
     assert (result.status, result.reason) == ("not_measurable", "structure_not_found")
     assert result.reason_text
+
+
+@pytest.mark.parametrize(
+    ("next_plvi", "status", "reason"),
+    [(1.0 + DEFAULT_LIMITS.max_next_slice_plvi_change - 0.01, "ok", None),
+     (1.0 - DEFAULT_LIMITS.max_next_slice_plvi_change - 0.01, "needs_review", "slice_sensitive"),
+     (None, "ok", None)],  # no body on the next slice up: it cuts the disc
+)
+def test_a_number_that_depends_on_which_of_two_slices_is_right_needs_review(
+    next_plvi: float | None, status: str, reason: str | None
+) -> None:
+    result = assess_next_slice(verdict(segmentation()), 1.0, next_plvi)
+    assert (result.status, result.reason) == (status, reason)
+    assert result.checks["next_slice_plvi_change"]["limit"] == DEFAULT_LIMITS.max_next_slice_plvi_change
+
+
+def test_the_next_slice_does_not_lift_a_verdict_that_already_failed() -> None:
+    failed = verdict(segmentation(left_mm2=500))
+    assert assess_next_slice(failed, 1.0, 1.5).reason == failed.reason == "asymmetric_psoas"

@@ -27,8 +27,8 @@ from workers.analysis.geometry import (
 )
 from workers.analysis.levels import LevelFinding, find_l4_upper_endplate
 from workers.analysis.measure import measure_plvi
-from workers.analysis.quality import assess_quality
-from workers.analysis.segmentation import segment_slice
+from workers.analysis.quality import assess_next_slice, assess_quality
+from workers.analysis.segmentation import SliceSegmentation, segment_slice
 from workers.analysis.series import AxialSlice, InstanceHeader, SeriesChoice, SeriesHeader, choose_series
 from workers.analysis.slices import choose_axial_slice
 from workers.study_files import load_image, load_volume, read_study_headers
@@ -213,7 +213,9 @@ def _analyze(series_list: list[SeriesHeader], analysis: StudyAnalysis, timer: _T
         "slice_to_endplate_mm": slice_choice.slice_to_endplate_mm,
     }
     analysis.source_path = chosen.header.path
-    _measure(analysis, chosen, level, slice_choice.slice_to_endplate_mm, timer, cutoff)
+    alternative = slice_choice.cranial_alternative
+    next_up = None if alternative is None else choice.axial_slices[alternative]
+    _measure(analysis, chosen, next_up, level, slice_choice.slice_to_endplate_mm, timer, cutoff)
 
 
 def _level_of(choice: SeriesChoice, analysis: StudyAnalysis, timer: _Timer) -> LevelFinding | None:
@@ -235,27 +237,32 @@ def _level_of(choice: SeriesChoice, analysis: StudyAnalysis, timer: _Timer) -> L
     return level
 
 
+def _segment(axial: AxialSlice) -> tuple[np.ndarray, SliceSegmentation]:
+    geometry = axial.geometry
+    image = load_image(axial.header)
+    return image, segment_slice(
+        image,
+        geometry.pixel_spacing,
+        patient_left=geometry.in_plane_direction(PATIENT_LEFT),
+        patient_anterior=geometry.in_plane_direction(-PATIENT_POSTERIOR),
+    )
+
+
 def _measure(
     analysis: StudyAnalysis,
     chosen: AxialSlice,
+    next_up: AxialSlice | None,
     level: LevelFinding,
     slice_to_endplate_mm: float | None,
     timer: _Timer,
     cutoff: float,
 ) -> None:
+    """Measure the chosen slice; when the slice next up may as well be the one just below the endplate and all
+    else is ok, measure it too, so that a number that depends on which of the two is right goes to review."""
     result = analysis.result
-    geometry = chosen.geometry
-    with timer.step("load_slice"):
-        image = load_image(chosen.header)
-    analysis.image = image
-    spacing = geometry.pixel_spacing
+    spacing = chosen.geometry.pixel_spacing
     with timer.step("segment"):
-        segmentation = segment_slice(
-            image,
-            spacing,
-            patient_left=geometry.in_plane_direction(PATIENT_LEFT),
-            patient_anterior=geometry.in_plane_direction(-PATIENT_POSTERIOR),
-        )
+        analysis.image, segmentation = _segment(chosen)
     with timer.step("measure"):
         measurement = measure_plvi(segmentation, spacing, cutoff)
         verdict = assess_quality(
@@ -265,6 +272,10 @@ def _measure(
             lumbar_vertebrae_counted=level.lumbar_vertebrae_counted,
             level_method="sagittal",
         )
+    if verdict.status == "ok" and level.confidence >= MIN_LEVEL_CONFIDENCE and next_up is not None:
+        with timer.step("segment_next_slice"):
+            next_measurement = measure_plvi(_segment(next_up)[1], next_up.geometry.pixel_spacing, cutoff)
+        verdict = assess_next_slice(verdict, measurement.plvi, next_measurement.plvi)
     analysis.masks = {
         "psoas_left": segmentation.psoas_left.astype(bool),
         "psoas_right": segmentation.psoas_right.astype(bool),

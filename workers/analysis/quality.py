@@ -40,6 +40,10 @@ class QualityLimits:
         of it; beyond 10 mm (a third of L4's height) the slice is no longer "just below the upper endplate".
     lumbar_vertebrae: five; a sacralised L5 or lumbarised S1 makes "L4" ambiguous.
     min_confidence_ok / min_confidence_any: below the first a human checks, below the second no number is given.
+    max_next_slice_plvi_change: when the endplate's position cannot tell the measured slice from the next one up
+        (see workers.analysis.slices), both are measured; psoas grow and the body narrows caudally, so PLVI may
+        change 0.05-0.1 from one slice to the next, and with the segmentation's own error (about 0.03) a change
+        above 0.05 could put the number more than 0.1 from the one on the right slice.
     """
 
     psoas_mm2: tuple[float, float] = (200.0, 3500.0)
@@ -52,6 +56,7 @@ class QualityLimits:
     lumbar_vertebrae: int = 5
     min_confidence_ok: float = 0.5
     min_confidence_any: float = 0.15
+    max_next_slice_plvi_change: float = 0.05
 
 
 DEFAULT_LIMITS = QualityLimits()
@@ -76,6 +81,8 @@ _SENTENCES = {
     "slice_far_from_endplate": "The measured slice is far from the L4 upper endplate; check the level.",
     "level_unverified": "L4 was located without a sagittal series; check the level before using the number.",
     "doubtful_segmentation": "The outlines rest on moderate image evidence; check them before using the number.",
+    "slice_sensitive": "The PLVI on the next slice up differs by more than {limit}, and the L4 endplate's position "
+    "cannot tell which of the two is just below it; check the slice.",
 }
 
 
@@ -143,6 +150,23 @@ def assess_quality(
     reason = failed[0]
     status = "not_measurable" if reason in ("structure_not_found", "low_confidence") else "needs_review"
     return QualityVerdict(status, reason, _SENTENCES[reason], checks)
+
+
+def assess_next_slice(
+    verdict: QualityVerdict, plvi: float | None, next_plvi: float | None, limits: QualityLimits = DEFAULT_LIMITS
+) -> QualityVerdict:
+    """Add the check of a measurement against the one on the slice next up, which may as well be the right one.
+
+    Asked only for a verdict that is otherwise ok: it costs a second segmentation. A next slice without a number
+    (no body found on it) cuts the disc, so it cannot be the slice just below the endplate: the check passes."""
+    change = None if plvi is None or next_plvi is None else round(abs(plvi - next_plvi), 4)
+    passed = change is None or change <= limits.max_next_slice_plvi_change
+    checks = {**verdict.checks, "next_slice_plvi_change": {
+        "value": change, "limit": limits.max_next_slice_plvi_change, "pass": passed}}
+    if passed or verdict.status != "ok":
+        return QualityVerdict(verdict.status, verdict.reason, verdict.reason_text, checks)
+    text = _SENTENCES["slice_sensitive"].format(limit=limits.max_next_slice_plvi_change)
+    return QualityVerdict("needs_review", "slice_sensitive", text, checks)
 
 
 def _shape(mask: np.ndarray) -> tuple[float, float, int]:
