@@ -139,3 +139,17 @@ def test_a_full_height_disc_stands_out_from_bone_more_than_a_fused_sacral_juncti
     image[120:122] = 85.0
     disc, junction = _disc_band_contrast(image, np.full(200, 40.0), [80, 120])
     assert disc > 2 * junction
+
+
+@pytest.mark.parametrize("marrow", [90.0, 140.0])  # the edge out of the dark line weaker or stronger than into it
+def test_the_endplate_is_placed_on_its_dark_line_whichever_of_the_line_s_edges_is_stronger(marrow: float) -> None:
+    from workers.analysis.levels import _caudal_endplate_row, endplate_response, tilted_edge_responses
+
+    # Along a straight column: marrow, a T2-bright disc from row 60 to 70, the endplate's dark line at rows 70-71,
+    # then the marrow of the body below.
+    image = np.full((160, 80), marrow)
+    image[60:70] = 200.0
+    image[70:72] = 10.0
+    response = endplate_response(tilted_edge_responses(image))[0]
+    row = _caudal_endplate_row(response, image, np.full(160, 40.0), 62)
+    assert 70.0 <= row <= 71.5
