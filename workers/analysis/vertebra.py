@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
-from skimage.morphology import disk
+from skimage.morphology import convex_hull_image, disk
 
 from workers.analysis.evidence import band, ellipse_fit, open_by_disk, ramp
 from workers.analysis.outline import refine_star_outline
@@ -83,6 +83,12 @@ band of endplate up to about a centimetre deep inside the body's outline, with f
 
 CORTEX_MM = 1.0
 """Thickness of the cortical shell of a lumbar body (about 0.5-1 mm; dark on every MR sequence)."""
+
+NOTCH_DEPTH_MM = 3.0
+"""A lumbar body's outline is convex but for the shallow dip of its back wall (canal side): a dent deeper than
+this is a patch of darker marrow that the ray search stopped at, its outline left inside the body."""
+BACK_WALL_HALF_ANGLE = np.radians(25)
+"""Dents centred within this angle of straight back are kept: there the back wall's concavity is anatomy."""
 
 SEARCH_HALF_WIDTH_MM = 75
 """Half-width of the band around the trunk's midline searched for the body (its centre, plus its width, plus
@@ -161,7 +167,7 @@ def find_vertebral_body(corrected: np.ndarray, body: np.ndarray) -> VertebraFind
         return None
     confidence, refined, evidence = best
     mask = np.zeros_like(body)
-    mask[:, first:last] = refined
+    mask[:, first:last] = _fill_notches(refined) & trunk
     return VertebraFinding(mask=mask, confidence=confidence, evidence=evidence)
 
 
@@ -193,6 +199,30 @@ def _refine_outline(core: np.ndarray, smooth: np.ndarray, trunk: np.ndarray, sig
     )
     mask &= trunk
     return mask, {**_edge_clarity(mask, smooth, trunk), "vertebra_irregularity": outline["irregularity"]}
+
+
+def _fill_notches(mask: np.ndarray) -> np.ndarray:
+    """The outline with its deep dents filled up to the convex hull, except at the back wall.
+
+    Marrow is often patchy (red and fatty marrow, two tones): where a darker patch reaches the outline, the ray
+    search takes the patch's border for the edge and leaves a wedge of body outside, which the psoas then
+    takes. The body's outline is convex there, so the dent's depth below the hull is the measure.
+    """
+    if not mask.any():
+        return mask
+    hull = convex_hull_image(mask)
+    dents, count = ndi.label(hull & ~mask)
+    if count == 0:
+        return mask
+    labels = np.arange(1, count + 1)
+    depths = ndi.maximum(ndi.distance_transform_edt(hull), dents, labels)
+    centre = np.array(ndi.center_of_mass(mask))
+    dent_centres = np.array(ndi.center_of_mass(dents > 0, dents, labels)).reshape(-1, 2)
+    offsets = dent_centres - centre
+    # Rows grow towards the back: straight back is the angle pi/2 from the column axis.
+    from_back = np.abs(np.angle(np.exp(1j * (np.arctan2(offsets[:, 0], offsets[:, 1]) - np.pi / 2))))
+    deep = labels[(np.asarray(depths) > NOTCH_DEPTH_MM) & (from_back > BACK_WALL_HALF_ANGLE)]
+    return mask | np.isin(dents, deep)
 
 
 def _edge_clarity(mask: np.ndarray, smooth: np.ndarray, trunk: np.ndarray) -> dict[str, float]:
