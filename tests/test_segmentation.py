@@ -21,6 +21,7 @@ from workers.analysis.measure import measure_plvi
 from workers.analysis.outline import refine_star_outline
 from workers.analysis.quality import assess_quality
 from workers.analysis.segmentation import SliceSegmentation, canonical_view, segment_slice
+from workers.analysis.vertebra import _fill_notches
 from workers.phantom.study import PhantomOptions, generate_study
 
 MUSCLEMAP = REAL_DATA / "musclemap-t2ax"
@@ -153,6 +154,32 @@ def test_a_body_whose_marrow_darkens_towards_the_back_is_outlined_on_its_edge_al
     assert np.nonzero(one_level[:, 50])[0].max() < 65
     assert np.nonzero(per_ray[:, 50])[0].max() >= 68
     assert 2 * (per_ray & body).sum() / (per_ray.sum() + body.sum()) >= 0.97
+
+
+def rounded_rectangle(half_width: float, half_depth: float, corner: float) -> np.ndarray:
+    """A convex lumbar body of 2 * half_width by 2 * half_depth mm (1 mm grid), canonical view, centre (50, 60)."""
+    rows, columns = np.indices((100, 120))
+    inner_rows = np.maximum(np.abs(rows - 50) - (half_depth - corner), 0)
+    inner_columns = np.maximum(np.abs(columns - 60) - (half_width - corner), 0)
+    return inner_rows**2 + inner_columns**2 <= corner**2
+
+
+def test_a_wedge_of_darker_marrow_cut_out_of_the_side_of_the_body_is_given_back() -> None:
+    """A darker patch at the side stops the ray search at the patch's border: an 8 mm deep wedge is missing."""
+    body = rounded_rectangle(24, 17, 6)
+    rows, columns = np.indices(body.shape)
+    wedge = (columns < 46) & (np.abs(rows - 50) < (columns - 36))
+    filled = _fill_notches(body & ~wedge)
+    assert (filled & body).sum() >= 0.99 * body.sum()
+    assert not (filled & ~body).any()
+
+
+def test_the_concave_back_wall_of_the_body_is_left_as_it_is() -> None:
+    """Straight back (higher rows) the body's wall dips towards the canal: anatomy, not a patch of marrow."""
+    body = rounded_rectangle(24, 17, 6)
+    rows, columns = np.indices(body.shape)
+    canal_side = (rows - 72) ** 2 + (columns - 60) ** 2 <= 9**2
+    assert np.array_equal(_fill_notches(body & ~canal_side), body & ~canal_side)
 
 
 def test_canonical_view_turns_any_axis_aligned_orientation_back_to_anterior_up_left_at_right() -> None:
