@@ -190,13 +190,11 @@ def _column_path(shares: np.ndarray, n_rows: int) -> np.ndarray:
     score = shares[0].copy()
     back = np.zeros((n_windows, n_columns), dtype=int)
     for w in range(1, n_windows):
-        best_previous = ndimage.maximum_filter1d(score, 2 * max_shift + 1, mode="nearest")
-        arg = np.array(
-            [max(0, c - max_shift) + int(np.argmax(score[max(0, c - max_shift) : c + max_shift + 1]))
-             for c in range(n_columns)]
+        reachable = np.lib.stride_tricks.sliding_window_view(
+            np.pad(score, max_shift, constant_values=-np.inf), 2 * max_shift + 1
         )
-        back[w] = arg
-        score = best_previous + shares[w]
+        back[w] = np.arange(n_columns) - max_shift + np.argmax(reachable, axis=1)
+        score = reachable.max(axis=1) + shares[w]
     path = np.empty(n_windows, dtype=int)
     path[-1] = int(np.argmax(score))
     for w in range(n_windows - 1, 0, -1):
