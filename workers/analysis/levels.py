@@ -171,8 +171,8 @@ def _periodicity(response: np.ndarray) -> np.ndarray:
         if segment.shape[0] < window:
             segment = np.pad(segment, ((0, window - segment.shape[0]), (0, 0)), mode="edge")
         centred = segment - segment.mean(axis=0)
-        spectrum = np.fft.rfft(centred, n=n_fft, axis=0)
-        autocorrelation = np.fft.irfft(np.abs(spectrum) ** 2, n=n_fft, axis=0)[: window]
+        spectrum = sp_fft.rfft(centred, n=n_fft, axis=0)
+        autocorrelation = sp_fft.irfft(np.abs(spectrum) ** 2, n=n_fft, axis=0)[: window]
         # Unbiased: each lag averages over the overlap it has, so a 39 mm pitch is not penalised against 25 mm.
         autocorrelation = autocorrelation / (window - np.arange(window))[:, None]
         autocorrelation = autocorrelation / (autocorrelation[0] + 1e-12)
@@ -206,12 +206,12 @@ def _column_path(shares: np.ndarray, n_rows: int) -> np.ndarray:
 def _band_profile(image: np.ndarray, path: np.ndarray, half_width_mm: float = BODY_HALF_WIDTH_MM) -> np.ndarray:
     """Mean of an image over a band of columns around the path at every row."""
     half = int(half_width_mm / GRID_MM)
-    columns = np.arange(image.shape[1])
-    profile = np.empty(image.shape[0])
-    for row, centre in enumerate(path):
-        inside = np.abs(columns - centre) <= half
-        profile[row] = image[row, inside].mean()
-    return profile
+    last = image.shape[1] - 1
+    first_inside = np.clip(np.ceil(path - half), 0, last).astype(int)
+    last_inside = np.clip(np.floor(path + half), 0, last).astype(int)
+    sums = np.concatenate([np.zeros((image.shape[0], 1)), np.cumsum(image, axis=1, dtype=float)], axis=1)
+    rows = np.arange(image.shape[0])
+    return (sums[rows, last_inside + 1] - sums[rows, first_inside]) / (last_inside - first_inside + 1)
 
 
 def _disc_rows(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
