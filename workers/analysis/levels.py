@@ -289,7 +289,7 @@ def _around(grid: SagittalGrid, responses: list[np.ndarray | None], slab: int) -
 
 
 def _caudal_endplate_row(response: np.ndarray, image: np.ndarray, path: np.ndarray, disc_row: int) -> float:
-    """Row (to a tenth) of the caudal surface of a disc: the last strong edge within CAUDAL_SURFACE_REACH_MM below
+    """Row (fractional) of the caudal surface of a disc: the last strong edge within CAUDAL_SURFACE_REACH_MM below
     the disc's peak, or the dark line of the endplate's cortex beside it.
 
     A dark line may part the disc from the marrow (on T2 the disc is bright): the edge into it and the edge out of
@@ -314,7 +314,7 @@ def _caudal_endplate_row(response: np.ndarray, image: np.ndarray, path: np.ndarr
 
 
 def _vertex(values: np.ndarray, at: int) -> float:
-    """Position of the vertex of the parabola through a peak and its two neighbours: a peak to a tenth of a row."""
+    """Position of the vertex of the parabola through a peak and its two neighbours: a peak between rows."""
     if not 0 < at < len(values) - 1:
         return float(at)
     before, centre, after = values[at - 1 : at + 2]

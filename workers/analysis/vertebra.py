@@ -231,7 +231,7 @@ def _fill_notches(mask: np.ndarray) -> np.ndarray:
     if count == 0:
         return mask
     labels = np.arange(1, count + 1)
-    depths = ndi.maximum(ndi.distance_transform_edt(hull), dents, labels)
+    depths = ndi.maximum(ndi.distance_transform_edt(hull), dents, labels)  # mm: the view's grid is 1 mm
     centre = np.array(ndi.center_of_mass(mask))
     dent_centres = np.array(ndi.center_of_mass(dents > 0, dents, labels)).reshape(-1, 2)
     offsets = dent_centres - centre
